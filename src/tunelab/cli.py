@@ -1,0 +1,152 @@
+"""The `tunelab` command: parses arguments, calls one function per command, prints the result.
+
+Heavy libraries (torch, transformers) are imported inside commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    help="Fine-tune small open LLMs with LoRA: validated data in, an evaluated adapter out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check data files and build data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: --set train.max_steps=10 (repeatable)."),
+]
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="The run's YAML config.")],
+    overrides: SetOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model spec; same as --set model.name=...")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete an existing run of the same name.")
+    ] = False,
+) -> None:
+    """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""
+    from tunelab.config import load_config
+    from tunelab.report import print_scores
+    from tunelab.train import train as run_training
+
+    _quiet_libraries()
+    settings = load_config(
+        config, [*(overrides or []), *([f"model.name={model}"] if model else [])]
+    )
+    result = run_training(settings, resume=resume, overwrite=overwrite, console=console)
+    if result.metric:
+        print_scores(console, result.metric, result.scores, settings.eval.max_rows)
+    console.print(
+        f"steps {result.steps}  final train loss {result.train_loss}  "
+        f"eval loss {result.eval_loss}  "
+        f"{result.tokens_per_s:,.0f} real tokens/s"
+    )
+    console.print(f"run directory: {result.run_dir}  (adapter: {result.run_dir}/adapter)")
+
+
+@data_app.command("check")
+def data_check(
+    files: Annotated[list[Path], typer.Argument(help="Data files (.json, .jsonl, .csv, .xlsx).")],
+    model: Annotated[
+        str, typer.Option(help="Model whose tokenizer measures lengths.")
+    ] = "smollm2-135m",
+    max_length: Annotated[int, typer.Option(help="Length beyond which rows are cut.")] = 1024,
+    format: Annotated[str, typer.Option(help="auto, alpaca, sharegpt or messages.")] = "auto",
+    sheet: Annotated[str | None, typer.Option(help="Excel sheet (default: the first).")] = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write every rejected row here (JSONL).")
+    ] = None,
+) -> None:
+    """Validate data files and report counts, rejects and token lengths, without training."""
+    from tunelab.config import DataConfig, ModelConfig
+    from tunelab.data.prepare import load_examples, write_rejects
+    from tunelab.models import load_tokenizer, resolve_model
+    from tunelab.report import print_data_report
+    from tunelab.tasks.sft import encode_examples, split_summary
+
+    _quiet_libraries()
+    data = DataConfig(train=files, format=format, sheet=sheet, max_length=max_length)
+    loaded = load_examples(data.train, data.format, data.sheet)
+    tokenizer = load_tokenizer(resolve_model(ModelConfig(name=model)))
+    encoded = encode_examples(tokenizer, loaded.examples, max_length)
+    all_rejects = loaded.rejects + encoded.rejects
+    report = {
+        "max_length": max_length,
+        "files": [vars(f) for f in loaded.files],
+        "train": split_summary(encoded) | {"rejected": len(all_rejects)},
+    }
+    if rejects is not None:
+        write_rejects(rejects, all_rejects)
+    print_data_report(console, report, all_rejects, rejects)
+    if all_rejects and rejects is None:
+        console.print("  write them all with --rejects FILE")
+
+
+@data_app.command("build")
+def data_build(
+    name: Annotated[str, typer.Argument(help="Data set to build: sentiment or xiehouyu.")],
+    output: Annotated[Path, typer.Option(help="Folder for train.jsonl and test.jsonl.")],
+    train_rows: Annotated[
+        int, typer.Option(help="Training rows (balanced where labelled).")
+    ] = 2000,
+    test_rows: Annotated[int, typer.Option(help="Held-out rows.")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and split.")] = 42,
+) -> None:
+    """Build a real instruction data set from an installed package, reproducibly."""
+    from tunelab.data.corpora import build_corpus
+
+    summary = build_corpus(name, output, train_rows, test_rows, seed)
+    for key, value in summary.items():
+        console.print(f"{key}: {value}")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the starter files in.")],
+) -> None:
+    """Write a commented starter config.yaml and a tiny sample data file."""
+    from tunelab.starter import write_starter
+
+    for path in write_starter(directory):
+        console.print(f"wrote {path}")
+    console.print(f"next: tunelab train {directory / 'config.yaml'}")
+
+
+def _quiet_libraries() -> None:
+    """Our own progress and messages replace the libraries' load bars and notices."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main() -> None:
+    """Entry point: a TunelabError prints its message and exits with its code, no traceback."""
+    try:
+        app()
+    except TunelabError as error:
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        sys.exit(error.exit_code)

@@ -1,0 +1,269 @@
+"""The run configuration: one YAML file, validated, every error naming its key."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import TunelabError
+
+
+class Section(BaseModel):
+    """A config group: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which base model to fine-tune and how to load it."""
+
+    name: str = Field(
+        "smollm2-135m",
+        description="`smollm2-135m` (embedded), a local HF directory, a .gguf file, a hub id "
+        "like `Qwen/Qwen3-0.6B`, or `modelscope:Qwen/Qwen3-0.6B`.",
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the model.")
+    cache_dir: Path | None = Field(
+        None, description="Where converted GGUF models are kept (default: the user cache)."
+    )
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="`4bit` loads the base in NF4 for QLoRA (needs CUDA + bitsandbytes)."
+    )
+
+
+class DataConfig(Section):
+    """Training and validation data."""
+
+    train: list[Path] = Field(default_factory=list, description="Training files.")
+    val: list[Path] = Field(default_factory=list, description="Validation files (optional).")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
+        "auto", description="Row format; `auto` detects it per file."
+    )
+    sheet: str | None = Field(None, description="Excel sheet to read (default: the first).")
+    strict: bool = Field(False, description="Turn any rejected row into an error.")
+    max_length: int = Field(1024, ge=8, description="Longest encoded sample; longer ones are cut.")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of `train` held out when no `val` is given."
+    )
+    val_max_rows: int | None = Field(
+        None, ge=1, description="Cap on the held-out rows taken from `train`."
+    )
+    split_seed: int = Field(42, description="Seed of the train/val split.")
+    packing: bool = Field(True, description="Pack samples into rows without cross-attention.")
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+
+class LoraConfig(Section):
+    """The LoRA adapter."""
+
+    r: int = Field(16, ge=1, description="Rank.")
+    alpha: float = Field(32, gt=0, description="Scale numerator (scale = alpha / r).")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="0 lets the adapter skip a second pass over its input."
+    )
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="`all-linear` or module names such as [q_proj, v_proj]."
+    )
+
+
+class TrainConfig(Section):
+    """The optimisation loop."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs`.")
+    batch_size: int = Field(8, ge=1, description="Samples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="`auto`: bf16 on GPUs that support it, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = False
+    log_every: int = Field(1, ge=1, description="Steps between lines in metrics.jsonl.")
+    eval_every: int | None = Field(None, ge=1, description="Steps between eval-loss passes.")
+    save_every: int | None = Field(50, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep.")
+
+
+class EvalConfig(Section):
+    """What is measured on the validation split after training."""
+
+    generate: bool = Field(True, description="Generate answers and score them.")
+    metric: Literal["accuracy", "exact_match"] = Field(
+        "accuracy", description="`accuracy`: the answer's first line equals the reference."
+    )
+    max_rows: int | None = Field(200, ge=1, description="Rows of the split to generate for.")
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    compare_base: bool = Field(False, description="Also score the base model on the same rows.")
+
+
+class RunConfig(Section):
+    """A whole run: what to train on which data, and where its directory lives."""
+
+    name: str | None = Field(None, description="Run name; default: the config file's stem.")
+    output_dir: Path = Field(Path("runs"), description="Parent of the run directory.")
+    task: Literal["sft"] = "sft"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _needs_training_data(self) -> RunConfig:
+        if not self.data.train:
+            raise ValueError("data.train: give at least one training file")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """The directory this run writes into."""
+        return self.output_dir / (self.name or "run")
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config; relative data paths follow the file.
+
+    Args:
+        path: the YAML file, or None for a config made of overrides alone.
+        overrides: ``key.path=value`` strings; values are parsed as YAML.
+
+    Raises:
+        TunelabError: listing every problem at once, each with its key path.
+    """
+    raw: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        raw = _read_yaml(path)
+    for override in overrides or []:
+        _apply_override(raw, override)
+    if path is not None:
+        raw.setdefault("name", path.stem)
+        _anchor_data_paths(raw, path.parent)
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict[str, Any], source: str) -> RunConfig:
+    """Validate a raw mapping, turning pydantic's errors into one readable message."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = [_describe_error(e) for e in error.errors()]
+        raise TunelabError(
+            f"{source}: {len(lines)} config error(s):\n" + "\n".join(lines)
+        ) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, every default spelled out."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TunelabError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise TunelabError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise TunelabError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise TunelabError(f"--set {override!r}: expected key.path=value")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if isinstance(child, str) and part == "model":  # `model: name` shorthand
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise TunelabError(f"--set {key}: {part!r} is not a group of keys")
+        node = child
+    node[leaf] = yaml.safe_load(text) if text.strip() else None
+
+
+def _anchor_data_paths(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "val"):
+        value = data.get(key)
+        if isinstance(value, str):
+            data[key] = str(_anchor(value, base))
+        elif isinstance(value, list):
+            data[key] = [str(_anchor(v, base)) if isinstance(v, str) else v for v in value]
+
+
+def _anchor(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _describe_error(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"  {key}: unknown key{_nearest_key(loc)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"  {message}"
+    return f"  {key}: {message} (got {error.get('input')!r})"
+
+
+# names that users bring from transformers / LLaMA-Factory configs
+KEY_ALIASES = {
+    "lr": "learning_rate",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "cutoff_len": "max_length",
+    "model_name_or_path": "name",
+    "lora_rank": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_target": "target_modules",
+    "bf16": "precision",
+    "fp16": "precision",
+}
+
+
+def _nearest_key(loc: list[str]) -> str:
+    section: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    match = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.5)
+    alias = KEY_ALIASES.get(loc[-1])
+    if alias in section.model_fields:
+        match = [alias]
+    return f"; did you mean {'.'.join([*loc[:-1], match[0]])!r}?" if match else ""

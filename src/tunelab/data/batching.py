@@ -1,0 +1,129 @@
+"""Encoded samples -> padded or packed tensors, and the order samples are visited in.
+
+Packing places several samples in one row with position ids restarting at 0 for each
+sample and no attention mask: transformers then derives a block-diagonal mask from the
+position ids, so no sample attends to another and per-sample losses equal unpacked ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tunelab.data.encode import IGNORE_INDEX, Encoded
+
+
+@dataclass
+class Batch:
+    """Model inputs plus the token counts that throughput and loss normalisation need."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    real_tokens: int
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens the model computes over, padding included."""
+        return self.input_ids.numel()
+
+    @property
+    def target_tokens(self) -> int:
+        """Positions that carry a loss (labels are shifted by one inside the loss)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        """The same batch on ``device``."""
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return Batch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            self.position_ids.to(device),
+            mask,
+            self.real_tokens,
+        )
+
+
+def collate(samples: Sequence[Encoded], pad_id: int, pack_length: int | None) -> Batch:
+    """Pack samples into rows of at most ``pack_length`` tokens, or pad them (None)."""
+    if pack_length is None:
+        return _padded(samples, pad_id)
+    rows = pack_first_fit(samples, pack_length)
+    width = max(sum(len(s.input_ids) for s in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for sample in row:
+            end = start + len(sample.input_ids)
+            ids[r, start:end] = torch.tensor(sample.input_ids)
+            labels[r, start:end] = torch.tensor(_own_labels(sample))
+            positions[r, start:end] = torch.arange(end - start)
+            start = end
+        # the tail of a row is its own short "sample" so it never joins the last one
+        positions[r, start:] = torch.arange(width - start)
+    real = sum(len(s.input_ids) for s in samples)
+    return Batch(ids, labels, positions, None, real)
+
+
+def pack_first_fit(samples: Sequence[Encoded], capacity: int) -> list[list[Encoded]]:
+    """Longest first, each into the first row with room (first-fit decreasing).
+
+    >>> from tunelab.data.encode import Encoded
+    >>> sizes = [3, 5, 2, 4]
+    >>> rows = pack_first_fit([Encoded([0] * n, [0] * n, n) for n in sizes], 7)
+    >>> [[len(s.input_ids) for s in row] for row in rows]
+    [[5, 2], [4, 3]]
+    """
+    rows: list[list[Encoded]] = []
+    room: list[int] = []
+    for sample in sorted(samples, key=lambda s: len(s.input_ids), reverse=True):
+        size = len(sample.input_ids)
+        slot = next((i for i, free in enumerate(room) if free >= size), None)
+        if slot is None:
+            rows.append([sample])
+            room.append(capacity - size)
+        else:
+            rows[slot].append(sample)
+            room[slot] -= size
+    return rows
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch: a permutation fixed by (seed, epoch), so resume is exact."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def micro_batches(
+    samples: Sequence[Encoded], batch_size: int, seed: int, epoch: int
+) -> Iterator[list[Encoded]]:
+    """Successive micro-batches of one epoch, in the epoch's fixed order."""
+    order = epoch_order(len(samples), seed, epoch)
+    for start in range(0, len(order), batch_size):
+        yield [samples[i] for i in order[start : start + batch_size]]
+
+
+def _padded(samples: Sequence[Encoded], pad_id: int) -> Batch:
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for r, sample in enumerate(samples):
+        n = len(sample.input_ids)
+        ids[r, :n] = torch.tensor(sample.input_ids)
+        labels[r, :n] = torch.tensor(sample.labels)
+        mask[r, :n] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    real = sum(len(s.input_ids) for s in samples)
+    return Batch(ids, labels, positions, mask, real)
+
+
+def _own_labels(sample: Encoded) -> list[int]:
+    """A sample's labels with its first one ignored: in a packed row that position would be
+    predicted from the previous sample's last token."""
+    return [IGNORE_INDEX, *sample.labels[1:]]

@@ -1,0 +1,89 @@
+"""The layout of a run directory: everything a run writes, and everything later commands read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside ``runs/<name>/``."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """The resolved config: everything downstream needs only this directory."""
+        return self.root / "config.yaml"
+
+    @property
+    def data_report(self) -> Path:
+        """Counts of kept / rejected / truncated rows and token lengths."""
+        return self.root / "data_report.json"
+
+    @property
+    def rejects(self) -> Path:
+        """One line per rejected row: file, line or row, field, reason."""
+        return self.root / "rejects.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        """One line per logged step and per evaluation."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files."""
+        return self.root / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        """``step-NNNNNN`` directories, written atomically."""
+        return self.root / "checkpoints"
+
+    @property
+    def adapter(self) -> Path:
+        """The final adapter with the tokenizer and chat template beside it."""
+        return self.root / "adapter"
+
+    def eval_dir(self, name: str) -> Path:
+        """Where one evaluation's metrics and predictions go."""
+        return self.root / "eval" / name
+
+    def start(self, resume: bool, overwrite: bool) -> None:
+        """Create the directory; refuse to mix a new run into an old one by accident."""
+        if self.root.exists() and not resume:
+            if overwrite:
+                shutil.rmtree(self.root)
+            elif self.checkpoints.exists() or self.adapter.exists():
+                raise TunelabError(
+                    f"{self.root} already holds a run; add --resume to continue it, "
+                    "--overwrite to start again, or --set name=NEW for a new run"
+                )
+        if resume and not self.checkpoints.exists():
+            raise TunelabError(f"{self.root}: nothing to resume (no checkpoints/ directory)")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Add one line to metrics.jsonl."""
+        with self.metrics.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every line of metrics.jsonl."""
+        if not self.metrics.exists():
+            return []
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Pretty JSON, UTF-8, Chinese left readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,168 @@
+"""Instruction SFT: chats in, next-token loss on assistant tokens only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tunelab.config import DataConfig
+from tunelab.data.batching import Batch
+from tunelab.data.encode import IGNORE_INDEX, Encoded, EncodeError, encode_chat
+from tunelab.data.formats import Example
+from tunelab.data.prepare import (
+    check_strict,
+    describe_rejects,
+    file_reports,
+    length_stats,
+    load_train_val,
+)
+from tunelab.data.readers import Reject
+from tunelab.errors import TunelabError
+
+# 4,096 positions x 151,936 Qwen3 logits x 4 bytes = 2.5 GB per chunk at most
+LOSS_CHUNK = 4096
+
+
+@dataclass
+class EncodedSet:
+    """A split after tokenisation: the samples kept, and the counts a report needs."""
+
+    samples: list[Encoded] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    max_length: int = 0
+
+    @property
+    def truncated(self) -> int:
+        """Samples longer than ``max_length``: cut and kept, or rejected when cutting left
+        nothing to learn."""
+        return sum(length > self.max_length for length in self.lengths)
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[Example], max_length: int) -> EncodedSet:
+    """Encode each example; one that cannot be encoded becomes a reject, never vanishes."""
+    result = EncodedSet(max_length=max_length)
+    for example in examples:
+        try:
+            sample = encode_chat(tokenizer, example.messages, max_length)
+        except EncodeError as error:
+            result.rejects.append(Reject(example.source, None, str(error)))
+            if error.full_length:
+                result.lengths.append(error.full_length)
+            continue
+        result.samples.append(sample)
+        result.examples.append(example)
+        result.lengths.append(sample.full_length)
+    return result
+
+
+class CausalLMLoss(nn.Module):
+    """Summed next-token cross-entropy over labelled positions, and their count.
+
+    The LM head runs only where a label exists, chunk by chunk; with a 152k vocabulary the
+    logits of prompt tokens would otherwise be the largest tensor of the step. Being a
+    module, it is what gets wrapped for data parallelism, so DDP sees a normal forward.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (sum of losses, number of target tokens) for the batch."""
+        causal_lm = _unwrap_causal_lm(self.model)
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        return chunked_cross_entropy(
+            hidden[:, :-1][keep], targets[keep], causal_lm.get_output_embeddings()
+        )
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, chunk: int = LOSS_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of cross-entropies of ``head(hidden)`` against ``targets``, ``chunk`` rows at a time.
+
+    With more than one chunk, each chunk's logits are recomputed in backward instead of
+    kept, so peak memory holds one chunk of logits, not all of them.
+    """
+    count = torch.tensor(targets.numel(), device=hidden.device)
+    if targets.numel() <= chunk:
+        return _head_loss(head, hidden, targets), count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        part = slice(start, start + chunk)
+        total = total + checkpoint(
+            _head_loss, head, hidden[part], targets[part], use_reentrant=False
+        )
+    return total, count
+
+
+def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def _unwrap_causal_lm(model: nn.Module) -> Any:
+    """The transformers CausalLM inside a PEFT wrapper (LoRA layers stay in place)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+@dataclass
+class PreparedData:
+    """The encoded train and val sets of a run, and the report of how they were made."""
+
+    train: EncodedSet
+    val: EncodedSet
+    report: dict[str, Any]
+
+    @property
+    def rejects(self) -> list[Reject]:
+        """Every row rejected, whether by its file, its format or its encoding."""
+        return self.train.rejects + self.val.rejects
+
+
+def prepare_sft(data: DataConfig, tokenizer: Any) -> PreparedData:
+    """Load, validate, split and encode the run's data; strict mode fails on any reject."""
+    train_loaded, val_loaded, val_origin = load_train_val(data)
+    train = encode_examples(tokenizer, train_loaded.examples, data.max_length)
+    val = encode_examples(tokenizer, val_loaded.examples, data.max_length)
+    train.rejects[:0] = train_loaded.rejects
+    val.rejects[:0] = val_loaded.rejects
+    check_strict(train.rejects + val.rejects, data.strict)
+    if not train.samples:
+        raise TunelabError(
+            f"no usable training rows: all {len(train.rejects)} were rejected:\n"
+            f"{describe_rejects(train.rejects)}"
+        )
+    report = {
+        "max_length": data.max_length,
+        "files": file_reports(train_loaded) + file_reports(val_loaded),
+        "train": split_summary(train),
+        "val": {**split_summary(val), "origin": val_origin},
+    }
+    return PreparedData(train, val, report)
+
+
+def split_summary(encoded: EncodedSet) -> dict[str, Any]:
+    """Kept / rejected / truncated counts and token-length percentiles of one split."""
+    return {
+        "kept": len(encoded.samples),
+        "rejected": len(encoded.rejects),
+        "truncated": encoded.truncated,
+        "tokens": length_stats(encoded.lengths),
+        "target_tokens": sum(s.target_tokens for s in encoded.samples),
+    }

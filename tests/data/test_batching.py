@@ -1,0 +1,44 @@
+import torch
+
+from tunelab.data.batching import collate, epoch_order, micro_batches
+from tunelab.data.encode import IGNORE_INDEX, Encoded
+
+
+def sample(length: int, start: int = 1) -> Encoded:
+    ids = list(range(start, start + length))
+    return Encoded(ids, [IGNORE_INDEX] * (length // 2) + ids[length // 2 :], length)
+
+
+def test_packed_rows_restart_positions_and_never_learn_across_samples() -> None:
+    a, b, c = sample(5), sample(3, 50), sample(6, 80)
+    batch = collate([a, b, c], pad_id=0, pack_length=9)
+    assert batch.attention_mask is None
+    assert batch.input_ids.shape == (2, 9)
+    assert batch.real_tokens == 14 and batch.padded_tokens == 18
+    # row 0: c (6) + b (3); row 1: a (5) + 4 pad
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2]
+    assert batch.position_ids[1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3]
+    # the first token of a packed sample is never a target of the sample before it
+    assert batch.labels[0, 6].item() == IGNORE_INDEX
+    assert (batch.labels[1, 5:] == IGNORE_INDEX).all()
+
+
+def test_padded_batch_masks_padding() -> None:
+    batch = collate([sample(3), sample(5)], pad_id=0, pack_length=None)
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch.real_tokens == 8 and batch.padded_tokens == 10
+
+
+def test_epoch_order_is_a_seeded_permutation_that_changes_per_epoch() -> None:
+    first = epoch_order(20, seed=1, epoch=0)
+    assert sorted(first) == list(range(20))
+    assert first == epoch_order(20, seed=1, epoch=0)
+    assert first != epoch_order(20, seed=1, epoch=1)
+    batches = list(micro_batches([sample(2, i) for i in range(10)], 4, seed=1, epoch=0))
+    assert [len(b) for b in batches] == [4, 4, 2]
+
+
+def test_target_tokens_count_shifted_labels() -> None:
+    batch = collate([sample(4)], pad_id=0, pack_length=None)
+    assert batch.target_tokens == int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) == 2
+    assert torch.equal(batch.input_ids, torch.tensor([[1, 2, 3, 4]]))
