@@ -143,3 +143,22 @@ def test_embedded_gguf_converts_once_and_answers_like_the_gguf(tmp_path: Path) -
     with torch.no_grad():
         assert torch.equal(original(ids).logits, copy(ids).logits)
     assert "quantization_config" not in (converted / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_qwen3_gguf_file_converts_and_matches_the_gguf_model(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tiny_models import write_tiny_qwen3_gguf
+
+    gguf = write_tiny_qwen3_gguf(tmp_path / "tiny-qwen3.gguf", embedded_gguf("smollm2-135m"))
+    converted = resolve_model(ModelConfig(name=str(gguf), cache_dir=tmp_path / "cache"))
+    assert converted.parent == tmp_path / "cache"
+    copy = AutoModelForCausalLM.from_pretrained(converted)
+    assert copy.config.model_type == "qwen3" and copy.config.num_hidden_layers == 2
+    original = AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file=gguf.name, dtype=torch.float32
+    )
+    ids = torch.tensor([[1, 200, 3000, 45]])
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, copy(ids).logits)

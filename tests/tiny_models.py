@@ -124,3 +124,66 @@ def save_tiny_llama(folder: Path, tokenizer: Any, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_tiny_qwen3_gguf(path: Path, tokenizer_gguf: Path, seed: int = 0) -> Path:
+    """A 2-layer random Qwen3 GGUF file (F32 tensors) carrying another GGUF's tokenizer.
+
+    transformers reads Qwen3's head_dim as its default (128), so the sizes follow it.
+    """
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    source = GGUFReader(tokenizer_gguf)
+    field = source.fields
+    tokens = field["tokenizer.ggml.tokens"].contents()
+    hidden, ffn, heads, kv_heads, head_dim = 32, 64, 2, 1, 128
+    writer = GGUFWriter(str(path), "qwen3")
+    writer.add_block_count(2)
+    writer.add_context_length(512)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(field["tokenizer.ggml.token_type"].contents())
+    writer.add_token_merges(field["tokenizer.ggml.merges"].contents())
+    writer.add_bos_token_id(field["tokenizer.ggml.bos_token_id"].contents())
+    writer.add_eos_token_id(field["tokenizer.ggml.eos_token_id"].contents())
+    writer.add_pad_token_id(field["tokenizer.ggml.padding_token_id"].contents())
+    writer.add_chat_template(field["tokenizer.chat_template"].contents())
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    tensor("token_embd.weight", len(tokens), hidden)
+    tensor("output.weight", len(tokens), hidden)
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    for layer in range(2):
+        block = f"blk.{layer}"
+        for norm, size in (
+            ("attn_norm", hidden),
+            ("ffn_norm", hidden),
+            ("attn_q_norm", head_dim),
+            ("attn_k_norm", head_dim),
+        ):
+            writer.add_tensor(f"{block}.{norm}.weight", np.ones(size, dtype=np.float32))
+        tensor(f"{block}.attn_q.weight", heads * head_dim, hidden)
+        tensor(f"{block}.attn_k.weight", kv_heads * head_dim, hidden)
+        tensor(f"{block}.attn_v.weight", kv_heads * head_dim, hidden)
+        tensor(f"{block}.attn_output.weight", hidden, heads * head_dim)
+        tensor(f"{block}.ffn_gate.weight", ffn, hidden)
+        tensor(f"{block}.ffn_up.weight", ffn, hidden)
+        tensor(f"{block}.ffn_down.weight", hidden, ffn)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -133,8 +133,10 @@ def init(
 def _quiet_libraries() -> None:
     """Our own progress and messages replace the libraries' load bars and notices."""
     import os
+    import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
