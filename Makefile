@@ -33,8 +33,10 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples
 	$(BIN)/ruff check --fix src tests bench examples
 
+# every contender on the same workload, interleaved; writes bench/results/<date>-<machine>.md
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	bash bench/setup_llamafactory.sh || echo "LLaMA-Factory could not be installed; its row will say why"
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) runs examples/*/data

@@ -109,8 +109,11 @@ def test_token_normalised_accumulation_matches_one_big_batch(
     rows = [{"instruction": f"q{i}", "output": "答" * (1 + i % 7)} for i in range(8)]
     data = write_jsonl(rows)
     common = {"max_steps": 1, "save_every": None, "max_grad_norm": None, "warmup_ratio": 0.0}
+    # one forward pass for the whole step, against one pass per one or two samples
     one = tiny_config(qwen3_dir, data, tmp_path, "one", batch_size=8, grad_accum=1, **common)
-    two = tiny_config(qwen3_dir, data, tmp_path, "two", batch_size=2, grad_accum=4, **common)
+    two = tiny_config(
+        qwen3_dir, data, tmp_path, "two", batch_size=2, grad_accum=4, forward_tokens=64, **common
+    )
     for raw in (one, two):
         raw["lora"]["dropout"] = 0.0
         raw["data"]["val"] = str(data)

@@ -82,6 +82,14 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs`.")
     batch_size: int = Field(8, ge=1, description="Samples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    forward_tokens: int = Field(
+        2048,
+        ge=64,
+        description="Most padded tokens in one forward pass. A step's batch_size x grad_accum "
+        "samples go through the model in as few passes as fit; lower it if memory runs out. "
+        "The gradient is the same either way.",
+    )
+    shuffle: bool = Field(True, description="Visit samples in a seeded order per epoch.")
     learning_rate: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"

@@ -23,7 +23,7 @@ from tunelab.checkpoint import (
     save_checkpoint,
 )
 from tunelab.config import RunConfig, TrainConfig, dump_config
-from tunelab.data.batching import collate, micro_batches
+from tunelab.data.batching import forward_batches, micro_batches
 from tunelab.data.encode import Encoded
 from tunelab.data.prepare import write_rejects
 from tunelab.errors import Interrupted, TunelabError
@@ -191,11 +191,11 @@ class Session:
         """The PEFT model, unwrapped from any data-parallel wrapper."""
         return self.accelerator.unwrap_model(self.loss_module).model
 
-    @property
-    def pack_length(self) -> int | None:
-        """Row length of packed batches, or None for padded batches."""
+    def forward(self, samples: Sequence[Encoded]) -> list[Any]:
+        """The forward passes that carry ``samples``: packed or padded, within the budget."""
         data = self.config.data
-        return data.max_length if data.packing else None
+        pack_length = data.max_length if data.packing else None
+        return forward_batches(samples, self.pad_id, pack_length, self.config.train.forward_tokens)
 
 
 def resolve_precision(requested: str) -> str:
@@ -282,17 +282,17 @@ def run_loop(session: Session, start_step: int) -> int:
 
 
 def train_step(session: Session, micro: list[list[Encoded]]) -> dict[str, float]:
-    """One optimizer step over ``grad_accum`` micro-batches.
+    """One optimizer step over the samples of ``grad_accum`` micro-batches.
 
-    Each micro-batch's summed token loss is divided by the target tokens of the whole step
-    (over all processes), so the gradient is the mean over every target token of the step
-    whatever way the tokens fall into micro-batches.
+    The samples go through the model in as few forward passes as ``train.forward_tokens``
+    allows. Each pass's summed token loss is divided by the target tokens of the whole
+    step (over all processes), so the gradient is the mean over every target token of the
+    step, however the samples fall into passes.
     """
     accelerator = session.accelerator
     started = time.perf_counter()
-    batches = [
-        collate(m, session.pad_id, session.pack_length).to(accelerator.device) for m in micro
-    ]
+    samples = [sample for batch in micro for sample in batch]
+    batches = [batch.to(accelerator.device) for batch in session.forward(samples)]
     local_targets = torch.tensor(sum(b.target_tokens for b in batches), device=accelerator.device)
     step_targets = accelerator.reduce(local_targets, reduction="sum").item()
     loss_sum = 0.0
@@ -315,6 +315,7 @@ def train_step(session: Session, micro: list[list[Encoded]]) -> dict[str, float]
         "tokens_per_s": real / seconds,
         "padded_tokens_per_s": sum(b.padded_tokens for b in batches) / seconds,
         "real_tokens": real,
+        "padded_tokens": sum(b.padded_tokens for b in batches),
         "seconds": seconds,
     }
 
@@ -340,14 +341,9 @@ def eval_loss(session: Session) -> float:
     module = session.accelerator.unwrap_model(session.loss_module)
     module.eval()
     total, count = 0.0, 0
-    size = session.config.train.batch_size
     with torch.no_grad(), session.accelerator.autocast():
-        for start in range(0, len(session.val_samples), size):
-            chunk = session.val_samples[start : start + size]
-            batch = collate(chunk, session.pad_id, session.pack_length).to(
-                session.accelerator.device
-            )
-            summed, n = module(batch)
+        for batch in session.forward(session.val_samples):
+            summed, n = module(batch.to(session.accelerator.device))
             total, count = total + summed.item(), count + int(n.item())
     module.train()
     return round(total / max(count, 1), 6)
@@ -386,7 +382,7 @@ def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Encoded]]:
     epoch, skip = divmod(skip, plan.micro_per_epoch)
     while True:
         for index, micro in enumerate(
-            micro_batches(session.train_samples, cfg.batch_size, cfg.seed, epoch)
+            micro_batches(session.train_samples, cfg.batch_size, cfg.seed, epoch, cfg.shuffle)
         ):
             if index >= skip:
                 yield _shard(micro, session.accelerator)

@@ -1,6 +1,6 @@
 import torch
 
-from tunelab.data.batching import collate, epoch_order, micro_batches
+from tunelab.data.batching import collate, epoch_order, forward_batches, micro_batches
 from tunelab.data.encode import IGNORE_INDEX, Encoded
 
 
@@ -42,3 +42,14 @@ def test_target_tokens_count_shifted_labels() -> None:
     batch = collate([sample(4)], pad_id=0, pack_length=None)
     assert batch.target_tokens == int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) == 2
     assert torch.equal(batch.input_ids, torch.tensor([[1, 2, 3, 4]]))
+
+
+def test_forward_batches_respect_the_token_budget_and_keep_every_sample() -> None:
+    samples = [sample(n, 10 * n) for n in (30, 5, 12, 28, 7, 19, 3)]
+    for pack_length in (32, None):
+        passes = forward_batches(samples, pad_id=0, pack_length=pack_length, token_budget=64)
+        assert all(b.padded_tokens <= 64 for b in passes)
+        assert sum(b.real_tokens for b in passes) == sum(len(s.input_ids) for s in samples)
+        kept = sorted(t for b in passes for t in b.input_ids.flatten().tolist() if t)
+        assert kept == sorted(t for s in samples for t in s.input_ids)
+    assert len(forward_batches(samples, 0, 32, token_budget=10_000)) == 1

@@ -47,12 +47,51 @@ class Batch:
         )
 
 
+def forward_batches(
+    samples: Sequence[Encoded], pad_id: int, pack_length: int | None, token_budget: int
+) -> list[Batch]:
+    """Split samples into as few forward passes as hold at most ``token_budget`` padded tokens.
+
+    With a loss summed over tokens and divided by the step's target tokens, how the
+    samples of a step fall into passes does not change the gradient, only the speed.
+    """
+    if pack_length is None:
+        ordered = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)
+        return [
+            _padded(group, pad_id) for group in _fit_budget([[s] for s in ordered], token_budget)
+        ]
+    rows = pack_first_fit(samples, pack_length)
+    return [_packed(group, pad_id) for group in _fit_budget(rows, token_budget)]
+
+
 def collate(samples: Sequence[Encoded], pad_id: int, pack_length: int | None) -> Batch:
-    """Pack samples into rows of at most ``pack_length`` tokens, or pad them (None)."""
+    """One batch: samples packed into rows of at most ``pack_length`` tokens, or padded (None)."""
     if pack_length is None:
         return _padded(samples, pad_id)
-    rows = pack_first_fit(samples, pack_length)
-    width = max(sum(len(s.input_ids) for s in row) for row in rows)
+    return _packed(pack_first_fit(samples, pack_length), pad_id)
+
+
+def _fit_budget(rows: list[list[Encoded]], budget: int) -> list[list[list[Encoded]]]:
+    """Group rows, longest first, so that rows x width of each group stays within budget."""
+    groups: list[list[list[Encoded]]] = []
+    width = 0
+    for row in sorted(rows, key=_row_length, reverse=True):
+        grown = max(width, _row_length(row))
+        if groups and grown * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(row)
+            width = grown
+        else:
+            groups.append([row])
+            width = _row_length(row)
+    return groups
+
+
+def _row_length(row: list[Encoded]) -> int:
+    return sum(len(s.input_ids) for s in row)
+
+
+def _packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
+    width = max(_row_length(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -66,7 +105,7 @@ def collate(samples: Sequence[Encoded], pad_id: int, pack_length: int | None) ->
             start = end
         # the tail of a row is its own short "sample" so it never joins the last one
         positions[r, start:] = torch.arange(width - start)
-    real = sum(len(s.input_ids) for s in samples)
+    real = sum(_row_length(row) for row in rows)
     return Batch(ids, labels, positions, None, real)
 
 
@@ -100,15 +139,16 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
 
 
 def micro_batches(
-    samples: Sequence[Encoded], batch_size: int, seed: int, epoch: int
+    samples: Sequence[Encoded], batch_size: int, seed: int, epoch: int, shuffle: bool = True
 ) -> Iterator[list[Encoded]]:
-    """Successive micro-batches of one epoch, in the epoch's fixed order."""
-    order = epoch_order(len(samples), seed, epoch)
+    """Successive micro-batches of one epoch, in the epoch's fixed order (or file order)."""
+    order = epoch_order(len(samples), seed, epoch) if shuffle else list(range(len(samples)))
     for start in range(0, len(order), batch_size):
         yield [samples[i] for i in order[start : start + batch_size]]
 
 
-def _padded(samples: Sequence[Encoded], pad_id: int) -> Batch:
+def _padded(samples: Sequence[Encoded] | list[list[Encoded]], pad_id: int) -> Batch:
+    samples = [s[0] if isinstance(s, list) else s for s in samples]
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)

@@ -1,0 +1,132 @@
+"""Qwen3-0.6B architecture, random weights: one LoRA training step at batch 8 x 512.
+
+Compares the plain loss (`model(input_ids, labels=...)`: logits for every position over the
+151,936-entry vocabulary, upcast to fp32) with tunelab's loss (LM head only where a label
+exists, chunked, logits recomputed in backward). Each variant runs in its own process so
+its peak RSS is its own. Labels: `answers` marks the last 64 tokens of each row (long
+prompt, short answer), `all` marks every token (plain language modelling).
+
+    python -m bench.qwen3_memory            # both variants, both label layouts, a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+ROWS, WIDTH, ANSWER = 8, 512, 64
+
+
+def qwen3_06b_config():
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=151_936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        max_position_embeddings=40_960,
+        rope_theta=1_000_000.0,
+    )
+
+
+def one_variant(variant: str, labels_kind: str, steps: int) -> dict:
+    """Build the model, take ``steps`` training steps, report time and peak RSS."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3ForCausalLM
+
+    from tunelab.data.batching import Batch
+    from tunelab.tasks.sft import CausalLMLoss
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(qwen3_06b_config())
+    model.config.use_cache = False
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    ids = torch.randint(0, 151_643, (ROWS, WIDTH))
+    labels = ids.clone()
+    if labels_kind == "answers":
+        labels[:, : WIDTH - ANSWER] = -100
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loss_module = CausalLMLoss(model)
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        if variant == "plain":
+            loss = model(input_ids=ids, labels=labels).loss
+        else:
+            positions = torch.arange(WIDTH).expand(ROWS, WIDTH)
+            summed, count = loss_module(Batch(ids, labels, positions, None, ids.numel()))
+            loss = summed / count
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "variant": variant,
+        "labels": labels_kind,
+        "loss": loss.item(),
+        "seconds_per_step": min(seconds),
+        "tokens_per_s": ROWS * WIDTH / min(seconds),
+        "peak_rss_mb": peak,
+        "model_rss_mb": baseline,
+        "step_peak_mb": peak - baseline,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", choices=["plain", "tunelab"])
+    parser.add_argument("--labels", choices=["answers", "all"], default="answers")
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(one_variant(args.variant, args.labels, args.steps)))
+        return
+    rows = []
+    for labels_kind in ("answers", "all"):
+        for variant in ("plain", "tunelab"):
+            command = [
+                sys.executable,
+                "-m",
+                "bench.qwen3_memory",
+                "--variant",
+                variant,
+                "--labels",
+                labels_kind,
+                "--steps",
+                str(args.steps),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True)
+            line = [x for x in done.stdout.splitlines() if x.startswith("{")]
+            rows.append(
+                json.loads(line[-1])
+                if line
+                else {"variant": variant, "labels": labels_kind, "error": done.stderr[-300:]}
+            )
+            print(rows[-1], flush=True)
+    print("| labels | loss | tokens/s | peak RSS MB | step peak above model MB | loss value |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['labels']} | {row['variant']} | failed: {row['error']} | | | |")
+            continue
+        print(
+            f"| {row['labels']} | {row['variant']} | {row['tokens_per_s']:.0f} | {row['peak_rss_mb']:,.0f} | "
+            f"{row['step_peak_mb']:,.0f} | {row['loss']:.4f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""tunelab on the shared workload: its own loop, with the LoRA settings given.
+
+`--defaults` keeps tunelab's own LoRA settings (r 16, dropout 0) instead of the workload's;
+`--precision` picks fp32 or bf16 autocast. Prints one JSON line like trainer_recipe.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+from accelerate.utils import set_seed
+from rich.console import Console
+
+from bench.workload import WORK_DIR, load_workload
+from tunelab.config import validate_config
+from tunelab.models import load_tokenizer
+from tunelab.run_dir import RunDir
+from tunelab.tasks.sft import prepare_sft
+from tunelab.train import build_accelerator, build_model, build_session, run_loop
+
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", required=True)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--defaults", action="store_true")
+    parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE")
+    args = parser.parse_args()
+    work = load_workload(args.workload)
+    lora = (
+        {}
+        if args.defaults
+        else {
+            "r": work.lora_r,
+            "alpha": work.lora_alpha,
+            "dropout": work.lora_dropout,
+            "target_modules": SEVEN,
+        }
+    )
+    train = {
+        "max_steps": work.steps,
+        "batch_size": work.batch_size,
+        "grad_accum": work.grad_accum,
+        "learning_rate": work.learning_rate,
+        "warmup_ratio": 0.0,
+        "shuffle": False,
+        "save_every": None,
+        "precision": args.precision,
+        "seed": work.seed,
+    }
+    for item in args.set:
+        key, value = item.split("=", 1)
+        train[key] = json.loads(value)
+    config = validate_config(
+        {
+            "name": "tunelab",
+            "output_dir": str(WORK_DIR),
+            "model": work.model_dir,
+            "data": {"train": work.data_file, "val": work.data_file, "max_length": work.max_length},
+            "lora": lora,
+            "train": train,
+            "eval": {"generate": False},
+        },
+        "bench",
+    )
+    run = RunDir(config.run_dir)
+    run.start(resume=False, overwrite=True)
+    accelerator = build_accelerator(config.train)
+    set_seed(work.seed)
+    tokenizer = load_tokenizer(work.model_dir)
+    data = prepare_sft(config.data, tokenizer)
+    model = build_model(work.model_dir, config, accelerator)
+    session = build_session(
+        config,
+        run,
+        accelerator,
+        model,
+        (data.train, data.val),
+        tokenizer.pad_token_id,
+        Console(quiet=True),
+    )
+    started = time.perf_counter()
+    run_loop(session, 0)
+    seconds = time.perf_counter() - started
+    records = run.read_metrics()
+    print(
+        json.dumps(
+            {
+                "real_tokens": sum(r["real_tokens"] for r in records if "real_tokens" in r),
+                "padded_tokens": sum(r["padded_tokens"] for r in records if "padded_tokens" in r),
+                "seconds": seconds,
+                "losses": [r["loss"] for r in records if "loss" in r],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
