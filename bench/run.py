@@ -26,6 +26,13 @@ CONTENDERS: dict[str, list[str]] = {
     "LLaMA-Factory 0.9.5 (its CLI), fp32": ["bench.llamafactory_recipe"],
     "tunelab, seed LoRA settings, fp32": ["bench.tunelab_recipe", "--precision", "fp32"],
     "tunelab, seed LoRA settings, bf16": ["bench.tunelab_recipe", "--precision", "bf16"],
+    "tunelab, seed LoRA settings, bf16, no packing": [
+        "bench.tunelab_recipe",
+        "--precision",
+        "bf16",
+        "--set",
+        "data.packing=false",
+    ],
     TUNELAB_DEFAULTS: ["bench.tunelab_recipe", "--defaults", "--precision", "bf16"],
 }
 

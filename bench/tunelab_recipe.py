@@ -16,10 +16,11 @@ from rich.console import Console
 
 from bench.workload import WORK_DIR, load_workload
 from tunelab.config import validate_config
+from tunelab.loop import build_accelerator, build_session, run_loop
 from tunelab.models import load_tokenizer
 from tunelab.run_dir import RunDir
 from tunelab.tasks.sft import prepare_sft
-from tunelab.train import build_accelerator, build_model, build_session, run_loop
+from tunelab.train import build_model
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -29,7 +30,9 @@ def main() -> None:
     parser.add_argument("--workload", required=True)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--defaults", action="store_true")
-    parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE")
+    parser.add_argument(
+        "--set", action="append", default=[], help="KEY=VALUE (train) or data.KEY=VALUE"
+    )
     args = parser.parse_args()
     work = load_workload(args.workload)
     lora = (
@@ -53,15 +56,17 @@ def main() -> None:
         "precision": args.precision,
         "seed": work.seed,
     }
+    data_section = {"train": work.data_file, "val": work.data_file, "max_length": work.max_length}
     for item in args.set:
         key, value = item.split("=", 1)
-        train[key] = json.loads(value)
+        section, _, name = key.rpartition(".")
+        (data_section if section == "data" else train)[name] = json.loads(value)
     config = validate_config(
         {
             "name": "tunelab",
             "output_dir": str(WORK_DIR),
             "model": work.model_dir,
-            "data": {"train": work.data_file, "val": work.data_file, "max_length": work.max_length},
+            "data": data_section,
             "lora": lora,
             "train": train,
             "eval": {"generate": False},
@@ -74,7 +79,7 @@ def main() -> None:
     set_seed(work.seed)
     tokenizer = load_tokenizer(work.model_dir)
     data = prepare_sft(config.data, tokenizer)
-    model = build_model(work.model_dir, config, accelerator)
+    model = build_model(work.model_dir, config)
     session = build_session(
         config,
         run,

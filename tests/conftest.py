@@ -60,6 +60,37 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
+    """A finished run of the tiny Qwen3 on a two-label task (4 steps)."""
+    from tunelab.config import validate_config
+    from tunelab.train import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = root / "labels.jsonl"
+    rows = [
+        {"instruction": f"评论 {i}：好还是坏？", "output": "好" if i % 2 else "坏", "id": i}
+        for i in range(40)
+    ]
+    data.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
+    )
+    config = validate_config(
+        {
+            "name": "labels",
+            "output_dir": str(root / "runs"),
+            "model": str(qwen3_dir),
+            "data": {"train": str(data), "max_length": 64, "val_fraction": 0.2},
+            "lora": {"r": 4, "alpha": 8},
+            "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 2},
+            "eval": {"metric": "accuracy", "max_new_tokens": 3, "max_rows": 8},
+        },
+        "tiny",
+    )
+    train(config)
+    return root / "runs" / "labels"
+
+
 def alpaca_rows(count: int, answer: str = "好") -> list[dict[str, str]]:
     """Small valid Alpaca rows."""
     return [

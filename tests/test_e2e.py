@@ -27,13 +27,18 @@ def test_fine_tuning_the_embedded_model_on_real_reviews_improves_held_out_accura
                 "max_length": 384,
             },
             "train": {"max_steps": 20, "batch_size": 8, "learning_rate": 3e-4, "save_every": 10},
-            "eval": {"max_rows": 48, "max_new_tokens": 6, "compare_base": True},
+            "eval": {
+                "metric": "accuracy",
+                "max_rows": 48,
+                "max_new_tokens": 6,
+                "compare_base": True,
+            },
         },
         "e2e",
     )
     result = train(config)
     assert result.metric == "accuracy"
-    assert result.scores["tuned"] >= 0.5 > result.scores["base"]
+    assert result.scores["fine-tuned"] >= 0.5 > result.scores["base"]
     predictions = (tmp_path / "runs" / "e2e" / "eval" / "final" / "predictions.jsonl").read_text()
     rows = [json.loads(line) for line in predictions.splitlines()]
     assert len(rows) == 48

@@ -44,7 +44,7 @@ def train(
 ) -> None:
     """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""
     from tunelab.config import load_config
-    from tunelab.report import print_scores
+    from tunelab.report import print_comparison
     from tunelab.train import train as run_training
 
     _quiet_libraries()
@@ -52,8 +52,11 @@ def train(
         config, [*(overrides or []), *([f"model.name={model}"] if model else [])]
     )
     result = run_training(settings, resume=resume, overwrite=overwrite, console=console)
-    if result.metric:
-        print_scores(console, result.metric, result.scores, settings.eval.max_rows)
+    if result.evaluations:
+        print_comparison(console, result.evaluations)
+    if result.best:
+        best = result.best
+        console.print(f"best {settings.eval.metric} {best['score']:.4f} at step {best['step']}")
     console.print(
         f"steps {result.steps}  final train loss {result.train_loss}  "
         f"eval loss {result.eval_loss}  "
@@ -116,6 +119,91 @@ def data_build(
     summary = build_corpus(name, output, train_rows, test_rows, seed)
     for key, value in summary.items():
         console.print(f"{key}: {value}")
+
+
+RunArgument = Annotated[Path, typer.Argument(help="A run directory (runs/NAME).")]
+CheckpointOption = Annotated[
+    str | None, typer.Option(help="final (default), best, or a step number of a saved checkpoint.")
+]
+
+
+@app.command("eval")
+def evaluate(
+    run: RunArgument,
+    data: Annotated[
+        Path | None, typer.Option(help="Rows to score (default: the run's val split).")
+    ] = None,
+    checkpoint: CheckpointOption = None,
+    compare_base: Annotated[
+        bool, typer.Option(help="Score the base model on the same rows too.")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="Folder name under RUN/eval/.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Generate answers for held-out rows and score them; writes RUN/eval/NAME/."""
+    from tunelab.commands import run_eval
+
+    _quiet_libraries()
+    run_eval(run, data, checkpoint, compare_base, name, overrides or [], console)
+
+
+@app.command()
+def predict(
+    run: RunArgument,
+    input: Annotated[
+        Path, typer.Option("--input", help="Rows to answer (.jsonl, .json, .csv, .xlsx).")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Where to write (.jsonl, .csv, .xlsx).")],
+    checkpoint: CheckpointOption = None,
+    sheet: Annotated[str | None, typer.Option(help="Excel sheet to read.")] = None,
+) -> None:
+    """Answer every row of a file; the output keeps every input column plus `prediction`."""
+    from tunelab.predict import predict_file
+
+    _quiet_libraries()
+    summary = predict_file(run, input, output, checkpoint, sheet, console)
+    console.print("  ".join(f"{key}: {value}" for key, value in summary.items()))
+
+
+@app.command()
+def chat(
+    run: RunArgument,
+    base: Annotated[
+        bool, typer.Option(help="Talk to the base model, without the adapter.")
+    ] = False,
+    checkpoint: CheckpointOption = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 256,
+) -> None:
+    """Chat in the terminal with streamed answers (/reset, /system TEXT, /exit)."""
+    from tunelab.chat import ChatSession, run_repl
+    from tunelab.models import load_for_inference
+
+    _quiet_libraries()
+    model, tokenizer, config = load_for_inference(run, checkpoint, base_only=base)
+    session = ChatSession(model, tokenizer, max_new_tokens, config.eval.thinking)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    run_repl(session, input, write)
+
+
+@app.command()
+def merge(
+    run: RunArgument,
+    output: Annotated[Path, typer.Option(help="Folder for the merged model.")],
+    checkpoint: CheckpointOption = None,
+) -> None:
+    """Fold the adapter into the base: a model directory plain transformers loads."""
+    from tunelab.models import merge_adapter
+
+    _quiet_libraries()
+    summary = merge_adapter(run, output, checkpoint)
+    console.print(
+        f"merged into {summary['output']}: logits match base + adapter within "
+        f"{summary['max_logit_difference']:.1e}; chat template round trip checked"
+    )
 
 
 @app.command()

@@ -83,7 +83,7 @@ class TrainConfig(Section):
     batch_size: int = Field(8, ge=1, description="Samples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     forward_tokens: int = Field(
-        2048,
+        1024,
         ge=64,
         description="Most padded tokens in one forward pass. A step's batch_size x grad_accum "
         "samples go through the model in as few passes as fit; lower it if memory runs out. "
@@ -99,24 +99,79 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="`auto`: bf16 on GPUs that support it, fp32 on CPU."
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, slower steps."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model step. On a 2-core CPU it cost ~3 minutes of "
+        "compilation for no steady-state gain (bench/README.md); try it on a GPU.",
+    )
     log_every: int = Field(1, ge=1, description="Steps between lines in metrics.jsonl.")
     eval_every: int | None = Field(None, ge=1, description="Steps between eval-loss passes.")
     save_every: int | None = Field(50, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep.")
 
 
-class EvalConfig(Section):
-    """What is measured on the validation split after training."""
+MetricName = Literal["accuracy", "macro_f1", "exact_match", "bleu", "rouge_l", "invalid_rate"]
+
+
+class AnswerFormatConfig(Section):
+    """What a valid answer looks like; an answer that does not fit is `invalid`."""
+
+    choices: list[str] = Field(default_factory=list, description="The label set.")
+    regex: str | None = Field(None, description="A regular expression the answer must match.")
+    json_schema: dict[str, Any] | None = Field(None, description="A JSON schema the answer meets.")
+
+    @model_validator(mode="after")
+    def _one_format(self) -> AnswerFormatConfig:
+        given = [bool(self.choices), self.regex is not None, self.json_schema is not None]
+        if sum(given) > 1:
+            raise ValueError("give only one of choices, regex, json_schema")
+        return self
+
+
+class TaskEval(AnswerFormatConfig):
+    """How the rows of one task (multi-task data) are scored."""
+
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: ["exact_match"], description="The first one is the task's headline."
+    )
+
+
+class EvalConfig(AnswerFormatConfig):
+    """Generation-based evaluation: after training, every `every` steps, and `tunelab eval`."""
 
     generate: bool = Field(True, description="Generate answers and score them.")
-    metric: Literal["accuracy", "exact_match"] = Field(
-        "accuracy", description="`accuracy`: the answer's first line equals the reference."
+    metric: MetricName = Field(
+        "exact_match",
+        description="Headline metric, also used to pick the best checkpoint. `accuracy` and "
+        "`macro_f1` treat the answer's first line as a label.",
     )
+    metrics: list[MetricName] = Field(default_factory=list, description="More metrics to report.")
+    constrain: bool = Field(
+        False, description="Decode within the answer format (xgrammar): no invalid outputs."
+    )
+    tasks: dict[str, TaskEval] = Field(
+        default_factory=dict, description="Per-task metrics and formats for multi-task data."
+    )
+    task_field: str = Field("task", description="The column that names a row's task.")
+    lowercase: bool = Field(True, description="exact_match ignores case.")
+    strip_punctuation: bool = Field(False, description="exact_match ignores punctuation.")
     max_rows: int | None = Field(200, ge=1, description="Rows of the split to generate for.")
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = Field(None, description="Seed for sampling.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+    thinking: bool = Field(False, description="Let Qwen3-style models think before answering.")
     compare_base: bool = Field(False, description="Also score the base model on the same rows.")
+    every: int | None = Field(None, ge=1, description="Generation eval every N training steps.")
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher metric is better.")
+    patience: int | None = Field(
+        None, ge=1, description="Stop training after this many evals without improvement."
+    )
 
 
 class RunConfig(Section):

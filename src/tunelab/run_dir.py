@@ -52,6 +52,11 @@ class RunDir:
         """The final adapter with the tokenizer and chat template beside it."""
         return self.root / "adapter"
 
+    @property
+    def best(self) -> Path:
+        """The adapter that scored best during training (with `eval.every`)."""
+        return self.root / "best"
+
     def eval_dir(self, name: str) -> Path:
         """Where one evaluation's metrics and predictions go."""
         return self.root / "eval" / name

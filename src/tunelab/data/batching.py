@@ -60,7 +60,10 @@ def forward_batches(
         return [
             _padded(group, pad_id) for group in _fit_budget([[s] for s in ordered], token_budget)
         ]
-    rows = pack_first_fit(samples, pack_length)
+    # rows no longer than the longest sample: attention cost grows with the square of the
+    # row length, so longer rows would cost more than padding saves
+    longest = max(len(s.input_ids) for s in samples)
+    rows = pack_first_fit(samples, min(pack_length, longest))
     return [_packed(group, pad_id) for group in _fit_budget(rows, token_budget)]
 
 

@@ -76,6 +76,14 @@ def is_alpaca(row: dict[str, Any]) -> bool:
 
 def from_alpaca(row: dict[str, Any]) -> list[Message]:
     """instruction (+ input) -> user, output -> assistant; history pairs come first."""
+    return [
+        *alpaca_prompt(row),
+        {"role": "assistant", "content": _text(row, "output", answer=True)},
+    ]
+
+
+def alpaca_prompt(row: dict[str, Any]) -> list[Message]:
+    """The messages of an Alpaca row up to the question (no output needed)."""
     instruction = _text(row, "instruction")
     extra_input = _optional_text(row, "input")
     messages: list[Message] = []
@@ -89,7 +97,6 @@ def from_alpaca(row: dict[str, Any]) -> list[Message]:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
     prompt = f"{instruction}\n{extra_input}" if extra_input else instruction
     messages.append({"role": "user", "content": prompt})
-    messages.append({"role": "assistant", "content": _text(row, "output", answer=True)})
     return messages
 
 
@@ -247,3 +254,53 @@ def _text(row: dict[str, Any], key: str, answer: bool = False) -> str:
 def _optional_text(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     return "" if value is None else str(value)
+
+
+PROMPT_FORMATS = {
+    "messages": is_messages,
+    "sharegpt": is_sharegpt,
+    "alpaca": lambda row: "instruction" in row,
+}
+
+
+def detect_prompt_format(rows: Iterable[RawRow], sample: int = 50) -> str | None:
+    """The format of rows to predict for: answers are optional here.
+
+    >>> detect_prompt_format([RawRow({"instruction": "2+2?"}, Source("f"))])
+    'alpaca'
+    """
+    votes: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        if index >= sample:
+            break
+        name = next((n for n, matches in PROMPT_FORMATS.items() if matches(row.data)), None)
+        if name:
+            votes[name] = votes.get(name, 0) + 1
+    return max(votes, key=lambda name: votes[name]) if votes else None
+
+
+def prompt_of(row: dict[str, Any], format_name: str) -> list[Message]:
+    """The prompt of a row for prediction: the chat up to the last user turn.
+
+    >>> prompt_of({"instruction": "2+2?"}, "alpaca")
+    [{'role': 'user', 'content': '2+2?'}]
+    """
+    if format_name == "alpaca":
+        return alpaca_prompt(row)
+    key = "messages" if format_name == "messages" else "conversations"
+    turns = _turn_list(row, key)
+    if turns and _speaker(turns[-1]) == "assistant":
+        turns = turns[:-1]
+    placeholder = (
+        {"role": "assistant", "content": "-"}
+        if key == "messages"
+        else {"from": "gpt", "value": "-"}
+    )
+    _, converter = FORMATS[format_name]
+    return converter({key: [*turns, placeholder]})[:-1]
+
+
+def _speaker(turn: Any) -> str | None:
+    if not isinstance(turn, dict):
+        return None
+    return SHAREGPT_ROLES.get(turn.get("from")) if "from" in turn else turn.get("role")

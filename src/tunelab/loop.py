@@ -1,0 +1,342 @@
+"""The optimisation loop: packed forward passes, token-normalised accumulation, exact resume.
+
+``run_loop`` takes the steps; after each one it logs, evaluates when asked (keeping the
+best adapter and stopping early on a plateau) and checkpoints. It knows nothing of how a
+run was assembled (see train.py) or how answers are scored (it is handed a scorer).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from tunelab.checkpoint import (
+    TrainingState,
+    capture_rng,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from tunelab.config import RunConfig, TrainConfig
+from tunelab.data.batching import forward_batches, micro_batches
+from tunelab.data.encode import Encoded
+from tunelab.errors import Interrupted, TunelabError
+from tunelab.precision import autocast_mode, resolve_precision
+from tunelab.progress import TrainDisplay
+from tunelab.run_dir import RunDir
+from tunelab.tasks.sft import CausalLMLoss, EncodedSet
+
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+Scorer = Callable[[Any, int], float]  # (model, step) -> the eval metric
+
+
+@dataclass
+class Plan:
+    """How many optimizer steps a run takes, from the data size and the batch settings."""
+
+    micro_per_epoch: int
+    grad_accum: int
+    total_steps: int
+
+    def epoch_at(self, step: int) -> float:
+        """Epochs completed after ``step`` optimizer steps."""
+        return round(step * self.grad_accum / self.micro_per_epoch, 4)
+
+
+def plan_steps(num_samples: int, cfg: TrainConfig) -> Plan:
+    """Steps = max_steps, or epochs x micro-batches per epoch / accumulation, rounded up."""
+    micro_per_epoch = math.ceil(num_samples / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum))
+    return Plan(micro_per_epoch, cfg.grad_accum, total)
+
+
+@dataclass
+class Session:
+    """Everything the loop touches, built once per run."""
+
+    config: RunConfig
+    run: RunDir
+    accelerator: Any
+    loss_module: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    plan: Plan
+    train_samples: Sequence[Encoded]
+    val_samples: Sequence[Encoded]
+    pad_id: int
+    display: TrainDisplay
+    writer: Any = None
+    rng_at_step_start: dict[str, Any] = field(default_factory=dict)
+    scorer: Scorer | None = None
+    best: dict[str, Any] = field(default_factory=dict)  # step, score, stale (evals since)
+
+    @property
+    def model(self) -> Any:
+        """The PEFT model, unwrapped from any data-parallel wrapper."""
+        return self.accelerator.unwrap_model(self.loss_module).model
+
+    def forward(self, samples: Sequence[Encoded]) -> list[Any]:
+        """The forward passes that carry ``samples``: packed or padded, within the budget."""
+        data = self.config.data
+        pack_length = data.max_length if data.packing else None
+        return forward_batches(samples, self.pad_id, pack_length, self.config.train.forward_tokens)
+
+
+def build_accelerator(cfg: TrainConfig) -> Any:
+    """An Accelerator for the chosen precision (CPU when there is no GPU)."""
+    from accelerate import Accelerator
+
+    mode = autocast_mode(resolve_precision(cfg.precision))
+    return Accelerator(mixed_precision=mode, cpu=not torch.cuda.is_available())
+
+
+def build_session(
+    config: RunConfig,
+    run: RunDir,
+    accelerator: Any,
+    model: Any,
+    data: tuple[EncodedSet, EncodedSet],
+    pad_id: int,
+    console: Console,
+) -> Session:
+    """Optimizer, schedule and progress display around a model that has its adapter."""
+    from transformers import get_scheduler
+
+    cfg = config.train
+    plan = plan_steps(len(data[0].samples), cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(
+        SCHEDULERS[cfg.scheduler],
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * plan.total_steps),
+        num_training_steps=plan.total_steps,
+    )
+    loss_module = CausalLMLoss(model)
+    if cfg.compile:
+        loss_module = torch.compile(loss_module, dynamic=True)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    display = TrainDisplay(console, plan.total_steps, enabled=accelerator.is_main_process)
+    return Session(
+        config,
+        run,
+        accelerator,
+        loss_module,
+        optimizer,
+        scheduler,
+        plan,
+        data[0].samples,
+        data[1].samples,
+        pad_id,
+        display,
+    )
+
+
+def run_loop(session: Session, start_step: int) -> int:
+    """Train from ``start_step`` to the planned end; returns the last completed step.
+
+    Ctrl-C saves a checkpoint of the last completed step and raises ``Interrupted``.
+    """
+    plan = session.plan
+    stream = micro_batch_stream(session, start_step * plan.grad_accum)
+    step = start_step
+    session.display.start(step)
+    try:
+        while step < plan.total_steps:
+            session.rng_at_step_start = capture_rng()
+            record = train_step(session, [next(stream) for _ in range(plan.grad_accum)])
+            step += 1
+            if after_step(session, step, record):
+                break
+    except KeyboardInterrupt:
+        path = save(session, step, session.rng_at_step_start or capture_rng())
+        raise Interrupted(
+            f"interrupted after step {step}; checkpoint saved in {path}. "
+            "Continue with the same command and --resume."
+        ) from None
+    finally:
+        session.display.stop()
+    return step
+
+
+def train_step(session: Session, micro: list[list[Encoded]]) -> dict[str, float]:
+    """One optimizer step over the samples of ``grad_accum`` micro-batches.
+
+    The samples go through the model in as few forward passes as ``train.forward_tokens``
+    allows. Each pass's summed token loss is divided by the target tokens of the whole
+    step (over all processes), so the gradient is the mean over every target token of the
+    step, however the samples fall into passes.
+    """
+    accelerator = session.accelerator
+    started = time.perf_counter()
+    samples = [sample for batch in micro for sample in batch]
+    batches = [batch.to(accelerator.device) for batch in session.forward(samples)]
+    local_targets = torch.tensor(sum(b.target_tokens for b in batches), device=accelerator.device)
+    step_targets = accelerator.reduce(local_targets, reduction="sum").item()
+    loss_sum = 0.0
+    for index, batch in enumerate(batches):
+        last = index == len(batches) - 1
+        with accelerator.no_sync(session.loss_module) if not last else nullcontext():
+            summed, _ = session.loss_module(batch)
+            accelerator.backward(summed * accelerator.num_processes / max(step_targets, 1))
+        loss_sum += summed.item()
+    grad_norm = _clip(session)
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    real = sum(b.real_tokens for b in batches)
+    return {
+        "loss": loss_sum / max(local_targets.item(), 1),
+        "grad_norm": grad_norm,
+        "lr": session.scheduler.get_last_lr()[0],
+        "tokens_per_s": real / seconds,
+        "padded_tokens_per_s": sum(b.padded_tokens for b in batches) / seconds,
+        "real_tokens": real,
+        "padded_tokens": sum(b.padded_tokens for b in batches),
+        "seconds": seconds,
+    }
+
+
+def after_step(session: Session, step: int, record: dict[str, float]) -> bool:
+    """Log, evaluate and checkpoint as the config asks; True when training should stop."""
+    cfg = session.config.train
+    session.display.update(step, record)
+    stop = False
+    if session.accelerator.is_main_process:
+        if step % cfg.log_every == 0 or step == session.plan.total_steps:
+            epoch = session.plan.epoch_at(step)
+            log_metrics(session, {"step": step, "epoch": epoch, **_rounded(record)})
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < session.plan.total_steps:
+            log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
+        every = session.config.eval.every
+        if session.scorer is not None and every and step % every == 0:
+            stop = score_and_keep_best(session, step)
+    stop = bool(session.accelerator.reduce(torch.tensor(float(stop)), reduction="sum").item())
+    if cfg.save_every and (step % cfg.save_every == 0 or stop):
+        save(session, step, capture_rng())
+    return stop
+
+
+def score_and_keep_best(session: Session, step: int) -> bool:
+    """Score the model now and copy it to best/ when it improved.
+
+    Returns True once `eval.patience` evaluations in a row brought no improvement.
+    """
+    cfg = session.config.eval
+    score = session.scorer(session.model, step) if session.scorer else float("nan")
+    log_metrics(session, {"step": step, f"eval_{cfg.metric}": score})
+    best = session.best
+    improved = not best or (score > best["score"] if cfg.mode == "max" else score < best["score"])
+    if improved:
+        save_adapter_atomically(session.model, session.run.best)
+        session.best = {"step": step, "score": score, "stale": 0}
+    else:
+        best["stale"] += 1
+    return bool(cfg.patience and session.best["stale"] >= cfg.patience)
+
+
+def save_adapter_atomically(model: Any, target: Path) -> None:
+    """Write an adapter into a temporary folder, then swap it in for ``target``."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+
+
+def eval_loss(session: Session) -> float:
+    """Mean token loss on the validation samples (dropout off, no gradients)."""
+    module = session.accelerator.unwrap_model(session.loss_module)
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), session.accelerator.autocast():
+        for batch in session.forward(session.val_samples):
+            summed, n = module(batch.to(session.accelerator.device))
+            total, count = total + summed.item(), count + int(n.item())
+    module.train()
+    return round(total / max(count, 1), 6)
+
+
+def save(session: Session, step: int, rng: dict[str, Any]) -> Path:
+    """A checkpoint of the state after ``step`` completed steps (main process only)."""
+    state = TrainingState(step, session.scheduler.state_dict(), rng, session.best or None)
+    path = session.run.checkpoints / f"step-{step:06d}"
+    if session.accelerator.is_main_process:
+        path = save_checkpoint(
+            session.run.checkpoints,
+            session.model,
+            session.optimizer,
+            state,
+            session.config.train.keep_checkpoints,
+        )
+    session.accelerator.wait_for_everyone()
+    return path
+
+
+def restore_latest(session: Session) -> int:
+    """Load the newest checkpoint into the session; returns the step it was taken at."""
+    found = list_checkpoints(session.run.checkpoints)
+    if not found:
+        raise TunelabError(f"{session.run.checkpoints}: no checkpoint to resume from")
+    state = load_checkpoint(found[-1], session.model, session.optimizer)
+    session.scheduler.load_state_dict(state.scheduler)
+    restore_rng(state.rng)
+    session.best = state.best or {}
+    return state.step
+
+
+def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Encoded]]:
+    """Micro-batches across epochs, each epoch in its seeded order, after the first ``skip``."""
+    plan, cfg = session.plan, session.config.train
+    epoch, skip = divmod(skip, plan.micro_per_epoch)
+    while True:
+        for index, micro in enumerate(
+            micro_batches(session.train_samples, cfg.batch_size, cfg.seed, epoch, cfg.shuffle)
+        ):
+            if index >= skip:
+                yield _shard(micro, session.accelerator)
+        skip, epoch = 0, epoch + 1
+
+
+def log_metrics(session: Session, record: dict[str, Any]) -> None:
+    """One line in metrics.jsonl and the same scalars in TensorBoard."""
+    session.run.append_metrics(record)
+    if session.writer is None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        session.writer = SummaryWriter(str(session.run.tensorboard))
+    for key, value in record.items():
+        if key not in ("step", "epoch") and isinstance(value, int | float):
+            session.writer.add_scalar(
+                f"{'eval' if key.startswith('eval') else 'train'}/{key}", value, record["step"]
+            )
+    session.writer.flush()
+
+
+def _shard(micro: list[Encoded], accelerator: Any) -> list[Encoded]:
+    """This process's share of a micro-batch (all of it when there is one process)."""
+    if accelerator.num_processes == 1:
+        return micro
+    return micro[accelerator.process_index :: accelerator.num_processes]
+
+
+def _clip(session: Session) -> float:
+    max_norm = session.config.train.max_grad_norm
+    params = [p for p in session.loss_module.parameters() if p.requires_grad]
+    norm = session.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    return float(norm)
+
+
+def _rounded(record: dict[str, float]) -> dict[str, float]:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}

@@ -1,0 +1,134 @@
+"""`tunelab predict`: answers for every row of a file, every input column kept."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tunelab.data.encode import encode_prompt
+from tunelab.data.formats import RowError, detect_prompt_format, prompt_of
+from tunelab.data.readers import read_rows
+from tunelab.errors import TunelabError
+from tunelab.evaluate import answer_format
+from tunelab.generate import GenerationOptions, generate_texts
+from tunelab.models import load_for_inference
+
+WRITERS = (".jsonl", ".csv", ".xlsx")
+
+
+def predict_file(
+    run_root: Path,
+    source: Path,
+    output: Path,
+    checkpoint: str | None = None,
+    sheet: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Generate an answer per row of ``source`` into ``output`` (.jsonl, .csv or .xlsx).
+
+    The output holds each input row's columns plus `prediction`; a row that has no usable
+    prompt keeps its columns, gets an empty prediction and an `error`, and is counted.
+    """
+    if output.suffix.lower() not in WRITERS:
+        raise TunelabError(f"{output}: write .jsonl, .csv or .xlsx")
+    console = console or Console()
+    read = read_rows(source, sheet)
+    model, tokenizer, config = load_for_inference(run_root, checkpoint)
+    format_name = detect_prompt_format(read.rows)
+    if format_name is None:
+        raise TunelabError(f"{source}: no prompts; expected instruction, conversations or messages")
+    prompts: dict[int, list[int]] = {}
+    records = [dict(row.data) for row in read.rows]
+    for index, row in enumerate(read.rows):
+        try:
+            messages = prompt_of(row.data, format_name)
+            prompts[index] = encode_prompt(tokenizer, messages, thinking=config.eval.thinking)
+        except RowError as error:
+            records[index]["error"] = f"{row.source}: {error.field or 'row'}: {error.reason}"
+    options = GenerationOptions(
+        config.eval.max_new_tokens,
+        config.eval.batch_size,
+        config.eval.temperature,
+        config.eval.top_p,
+        config.eval.seed,
+        tuple(config.eval.stop),
+    )
+    answer = answer_format(config.eval)
+    formats = [answer] * len(prompts) if config.eval.constrain and answer.defined else None
+    with _bar(console, len(prompts)) as (progress, task):
+        outputs = generate_texts(
+            model,
+            tokenizer,
+            list(prompts.values()),
+            options,
+            formats,
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    for index, text in zip(prompts, outputs, strict=True):
+        records[index]["prediction"] = text
+    write_records(output, records)
+    return {
+        "rows": len(records) + len(read.rejects),
+        "predicted": len(prompts),
+        "without prompt": len(records) - len(prompts),
+        "unreadable": len(read.rejects),
+        "output": str(output),
+    }
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Rows to .jsonl, .csv (UTF-8 with BOM, for Excel) or .xlsx."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    elif suffix == ".csv":
+        with path.open("w", encoding="utf-8-sig", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(_flat(r) for r in records)
+    else:
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        sheet = book.active
+        sheet.append(columns)
+        for record in records:
+            sheet.append([_flat(record).get(column) for column in columns])
+        book.save(path)
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    """Lists and objects become JSON text in a table cell."""
+    return {
+        k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
+        for k, v in record.items()
+    }
+
+
+class _bar:  # noqa: N801 - a context manager read as a phrase: `with _bar(...)`
+    def __init__(self, console: Console, total: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.total = total
+
+    def __enter__(self) -> tuple[Progress, Any]:
+        self.progress.start()
+        return self.progress, self.progress.add_task("predict", total=self.total)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()

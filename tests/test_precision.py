@@ -1,0 +1,60 @@
+"""Precision: bf16 on CPU keeps the adapter, norms and loss in fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunelab.config import LoraConfig, ModelConfig
+from tunelab.errors import TunelabError
+from tunelab.models import FastDropout, attach_lora, load_causal_lm
+from tunelab.precision import bf16_frozen_matmuls, cpu_has_native_bf16, resolve_precision
+
+
+def test_auto_follows_the_hardware_and_fp16_needs_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CPU rules")
+    assert resolve_precision("auto") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32"
+    with pytest.raises(TunelabError, match="fp16 needs a GPU"):
+        resolve_precision("fp16")
+
+
+def test_bf16_frozen_matmuls_keep_the_adapter_and_outputs_in_fp32(qwen3_dir) -> None:
+    spec = ModelConfig(name=str(qwen3_dir))
+    torch.manual_seed(0)
+    reference = attach_lora(load_causal_lm(qwen3_dir, spec, torch.float32), LoraConfig(r=2))
+    torch.manual_seed(0)
+    model = attach_lora(load_causal_lm(qwen3_dir, spec, torch.float32), LoraConfig(r=2))
+    converted = bf16_frozen_matmuls(model)
+    assert converted == 2 * 7  # seven projections in each of two layers
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.dtype == torch.float32, name
+    head = model.get_output_embeddings()
+    assert head.weight.dtype == torch.float32
+    ids = torch.tensor([[5, 900, 151_000, 42, 7]])
+    logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, reference(input_ids=ids).logits, rtol=0.05, atol=0.05)
+    logits.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_fast_dropout_matches_dropout_statistics() -> None:
+    torch.manual_seed(0)
+    layer = FastDropout(0.25)
+    x = torch.ones(400, 500)
+    out = layer(x)
+    assert abs((out == 0).float().mean().item() - 0.25) < 0.01
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_lora_dropout_layers_use_fast_dropout(qwen3_dir) -> None:
+    model = AutoModelForCausalLM.from_pretrained(qwen3_dir)
+    wrapped = attach_lora(model, LoraConfig(r=2, dropout=0.1))
+    kinds = {type(m).__name__ for m in wrapped.modules() if "Dropout" in type(m).__name__}
+    assert kinds == {"FastDropout"}
