@@ -19,7 +19,7 @@ from tunelab.config import validate_config
 from tunelab.loop import build_accelerator, build_session, run_loop
 from tunelab.models import load_tokenizer
 from tunelab.run_dir import RunDir
-from tunelab.tasks.sft import prepare_sft
+from tunelab.tasks.sft import CausalLMLoss, prepare_sft, sft_batcher
 from tunelab.train import build_model
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -80,14 +80,10 @@ def main() -> None:
     tokenizer = load_tokenizer(work.model_dir)
     data = prepare_sft(config.data, tokenizer)
     model = build_model(work.model_dir, config)
+    batcher = sft_batcher(config.data, config.train.forward_tokens, tokenizer.pad_token_id)
+    samples = (data.train.samples, data.val.samples)
     session = build_session(
-        config,
-        run,
-        accelerator,
-        model,
-        (data.train, data.val),
-        tokenizer.pad_token_id,
-        Console(quiet=True),
+        config, run, accelerator, CausalLMLoss(model), samples, batcher, Console(quiet=True)
     )
     started = time.perf_counter()
     run_loop(session, 0)

@@ -41,8 +41,15 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Delete an existing run of the same name.")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine (accelerate launch).")
+    ] = 1,
 ) -> None:
     """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""
+    if nproc > 1:
+        from tunelab.launch import relaunch, without_option
+
+        sys.exit(relaunch(nproc, without_option(sys.argv[1:], "--nproc")))
     from tunelab.config import load_config
     from tunelab.report import print_comparison
     from tunelab.train import train as run_training
@@ -52,6 +59,8 @@ def train(
         config, [*(overrides or []), *([f"model.name={model}"] if model else [])]
     )
     result = run_training(settings, resume=resume, overwrite=overwrite, console=console)
+    if not result.is_main:
+        return
     if result.evaluations:
         print_comparison(console, result.evaluations)
     if result.best:
@@ -204,6 +213,94 @@ def merge(
         f"merged into {summary['output']}: logits match base + adapter within "
         f"{summary['max_logit_difference']:.1e}; chat template round trip checked"
     )
+
+
+@data_app.command("sample")
+def data_sample(
+    file: Annotated[Path, typer.Argument(help="A table (.jsonl, .json, .csv, .xlsx).")],
+    labels: Annotated[str, typer.Option(help='Quotas per label: "正常:15000,政治安全:6000".')],
+    output: Annotated[Path, typer.Option(help="Where to write (.jsonl, .csv, .xlsx).")],
+    label_column: Annotated[str, typer.Option(help="The label column.")] = "label",
+    seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 42,
+    sheet: Annotated[str | None, typer.Option(help="Excel sheet to read.")] = None,
+) -> None:
+    """Draw a number of rows per label, at random with a seed."""
+    from tunelab.data.readers import read_rows
+    from tunelab.data.tables import parse_quotas, sample_per_label, write_records
+
+    read = read_rows(file, sheet)
+    rows = sample_per_label([r.data for r in read.rows], label_column, parse_quotas(labels), seed)
+    write_records(output, rows)
+    console.print(
+        f"{len(rows)} rows written to {output} ({len(read.rejects)} unreadable rows skipped)"
+    )
+
+
+@data_app.command("split")
+def data_split(
+    file: Annotated[Path, typer.Argument(help="A table (.jsonl, .json, .csv, .xlsx).")],
+    output: Annotated[Path, typer.Option(help="Folder for train / val / test files.")],
+    val: Annotated[float, typer.Option(help="Share of rows for val.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Share of rows for test.")] = 0.1,
+    label_column: Annotated[str, typer.Option(help="The label column (stratification).")] = "label",
+    text_column: Annotated[str, typer.Option(help="The text column (duplicates).")] = "text",
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 42,
+    sheet: Annotated[str | None, typer.Option(help="Excel sheet to read.")] = None,
+) -> None:
+    """Stratified train/val/test split; texts repeated across splits are removed and counted."""
+    from tunelab.data.readers import read_rows
+    from tunelab.data.tables import remove_cross_split_duplicates, stratified_split, write_records
+
+    read = read_rows(file, sheet)
+    parts = stratified_split([r.data for r in read.rows], label_column, val, test, seed)
+    splits, report = remove_cross_split_duplicates(
+        dict(zip(("train", "val", "test"), parts, strict=True)), text_column
+    )
+    suffix = file.suffix if file.suffix in (".jsonl", ".csv", ".xlsx") else ".jsonl"
+    for name, rows in splits.items():
+        write_records(output / f"{name}{suffix}", rows)
+        removed = f"{report.exact[name]} exact + {report.normalised[name]} near duplicates"
+        console.print(f"{name}: {len(rows)} rows ({removed} of earlier splits removed)")
+
+
+@data_app.command("pull-mongo")
+def data_pull_mongo(
+    db: Annotated[str, typer.Option(help="Database name.")],
+    collection: Annotated[str, typer.Option(help="Collection name.")],
+    fields: Annotated[str, typer.Option(help="Fields to keep, comma-separated: text_cn,n_labels.")],
+    labels: Annotated[str, typer.Option(help='Quotas per label: "A:100,B:50".')],
+    output: Annotated[Path, typer.Option(help="Where to write (.jsonl, .csv, .xlsx).")],
+    uri: Annotated[
+        str | None, typer.Option(help="mongodb://host:port (credentials: in it or MONGODB_* env).")
+    ] = None,
+    label_field: Annotated[
+        str | None, typer.Option(help="Field of the label (default: the last of --fields).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the order (and of the draw with --exact-seed).")
+    ] = 42,
+    exact_seed: Annotated[
+        bool, typer.Option(help="Draw the _ids here with the seed: reproducible.")
+    ] = False,
+) -> None:
+    """Sample documents per label from MongoDB ($match + $sample in the database) into a file."""
+    from tunelab.data.mongo import connect, pull_per_label
+    from tunelab.data.tables import parse_quotas, write_records
+
+    names = [f.strip() for f in fields.split(",") if f.strip()]
+    client = connect(uri)
+    rows = pull_per_label(
+        client,
+        db,
+        collection,
+        names,
+        label_field or names[-1],
+        parse_quotas(labels),
+        seed,
+        exact_seed,
+    )
+    write_records(output, rows)
+    console.print(f"{len(rows)} documents written to {output}")
 
 
 @app.command()

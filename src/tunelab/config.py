@@ -55,6 +55,13 @@ class DataConfig(Section):
     )
     split_seed: int = Field(42, description="Seed of the train/val split.")
     packing: bool = Field(True, description="Pack samples into rows without cross-attention.")
+    text_column: str = Field("text", description="task classify: the column holding the text.")
+    label_column: str = Field("label", description="task classify: the column holding the label.")
+    labels: list[str] = Field(
+        default_factory=list,
+        description="task classify: the label set in id order (default: sorted from train). "
+        "Labels in the data may be these names or their ids.",
+    )
 
     @field_validator("train", "val", mode="before")
     @classmethod
@@ -90,6 +97,10 @@ class TrainConfig(Section):
         "The gradient is the same either way.",
     )
     shuffle: bool = Field(True, description="Visit samples in a seeded order per epoch.")
+    class_weights: Literal["auto", "none"] | dict[str, float] = Field(
+        "none",
+        description="task classify: loss weight per class; `auto` = inverse frequency.",
+    )
     learning_rate: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -179,7 +190,9 @@ class RunConfig(Section):
 
     name: str | None = Field(None, description="Run name; default: the config file's stem.")
     output_dir: Path = Field(Path("runs"), description="Parent of the run directory.")
-    task: Literal["sft"] = "sft"
+    task: Literal["sft", "classify"] = Field(
+        "sft", description="`sft`: instruction tuning; `classify`: a class head on a text table."
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -28,16 +28,15 @@ from tunelab.checkpoint import (
     save_checkpoint,
 )
 from tunelab.config import RunConfig, TrainConfig
-from tunelab.data.batching import forward_batches, micro_batches
-from tunelab.data.encode import Encoded
+from tunelab.data.batching import Batch, micro_batches
 from tunelab.errors import Interrupted, TunelabError
 from tunelab.precision import autocast_mode, resolve_precision
 from tunelab.progress import TrainDisplay
 from tunelab.run_dir import RunDir
-from tunelab.tasks.sft import CausalLMLoss, EncodedSet
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 Scorer = Callable[[Any, int], float]  # (model, step) -> the eval metric
+Batcher = Callable[[Sequence[Any]], list[Batch]]  # samples -> forward passes
 
 
 @dataclass
@@ -71,9 +70,9 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     plan: Plan
-    train_samples: Sequence[Encoded]
-    val_samples: Sequence[Encoded]
-    pad_id: int
+    train_samples: Sequence[Any]
+    val_samples: Sequence[Any]
+    batcher: Batcher
     display: TrainDisplay
     writer: Any = None
     rng_at_step_start: dict[str, Any] = field(default_factory=dict)
@@ -85,11 +84,9 @@ class Session:
         """The PEFT model, unwrapped from any data-parallel wrapper."""
         return self.accelerator.unwrap_model(self.loss_module).model
 
-    def forward(self, samples: Sequence[Encoded]) -> list[Any]:
-        """The forward passes that carry ``samples``: packed or padded, within the budget."""
-        data = self.config.data
-        pack_length = data.max_length if data.packing else None
-        return forward_batches(samples, self.pad_id, pack_length, self.config.train.forward_tokens)
+    def forward(self, samples: Sequence[Any]) -> list[Batch]:
+        """The forward passes that carry ``samples`` (the task decides how)."""
+        return self.batcher(samples)
 
 
 def build_accelerator(cfg: TrainConfig) -> Any:
@@ -104,17 +101,21 @@ def build_session(
     config: RunConfig,
     run: RunDir,
     accelerator: Any,
-    model: Any,
-    data: tuple[EncodedSet, EncodedSet],
-    pad_id: int,
+    loss_module: torch.nn.Module,
+    samples: tuple[Sequence[Any], Sequence[Any]],
+    batcher: Batcher,
     console: Console,
 ) -> Session:
-    """Optimizer, schedule and progress display around a model that has its adapter."""
+    """Optimizer, schedule and progress display around a task's loss module.
+
+    ``loss_module.model`` is the model with its adapter; ``loss_module(batch)`` returns the
+    summed loss and the number of its terms; ``batcher`` turns samples into batches.
+    """
     from transformers import get_scheduler
 
     cfg = config.train
-    plan = plan_steps(len(data[0].samples), cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    plan = plan_steps(len(samples[0]), cfg)
+    trainable = [p for p in loss_module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         SCHEDULERS[cfg.scheduler],
@@ -122,11 +123,11 @@ def build_session(
         num_warmup_steps=math.ceil(cfg.warmup_ratio * plan.total_steps),
         num_training_steps=plan.total_steps,
     )
-    loss_module = CausalLMLoss(model)
     if cfg.compile:
         loss_module = torch.compile(loss_module, dynamic=True)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     display = TrainDisplay(console, plan.total_steps, enabled=accelerator.is_main_process)
+    train_samples, val_samples = samples
     return Session(
         config,
         run,
@@ -135,9 +136,9 @@ def build_session(
         optimizer,
         scheduler,
         plan,
-        data[0].samples,
-        data[1].samples,
-        pad_id,
+        train_samples,
+        val_samples,
+        batcher,
         display,
     )
 
@@ -169,41 +170,50 @@ def run_loop(session: Session, start_step: int) -> int:
     return step
 
 
-def train_step(session: Session, micro: list[list[Encoded]]) -> dict[str, float]:
+def train_step(session: Session, micro: list[list[Any]]) -> dict[str, float]:
     """One optimizer step over the samples of ``grad_accum`` micro-batches.
 
-    The samples go through the model in as few forward passes as ``train.forward_tokens``
-    allows. Each pass's summed token loss is divided by the target tokens of the whole
-    step (over all processes), so the gradient is the mean over every target token of the
-    step, however the samples fall into passes.
+    Each process takes its share of the step's samples; they go through the model in as
+    few forward passes as ``train.forward_tokens`` allows. Each pass's summed loss is
+    divided by the loss terms of the whole step over all processes, so the gradient is the
+    mean over every term of the step, however the samples fall into passes and processes.
     """
     accelerator = session.accelerator
     started = time.perf_counter()
-    samples = [sample for batch in micro for sample in batch]
-    batches = [batch.to(accelerator.device) for batch in session.forward(samples)]
-    local_targets = torch.tensor(sum(b.target_tokens for b in batches), device=accelerator.device)
-    step_targets = accelerator.reduce(local_targets, reduction="sum").item()
+    everyone = [sample for batch in micro for sample in batch]
+    samples = _shard(everyone, accelerator)
+    # more processes than samples: a zero-weight pass keeps this process in the gradient sync
+    ghost = not samples
+    batches = [batch.to(accelerator.device) for batch in session.forward(samples or everyone[:1])]
+    local = torch.tensor(
+        [0.0 if ghost else sum(b.targets for b in batches)], device=accelerator.device
+    )
+    step_targets = max(accelerator.reduce(local, reduction="sum").item(), 1.0)
+    weight = 0.0 if ghost else accelerator.num_processes / step_targets
     loss_sum = 0.0
     for index, batch in enumerate(batches):
         last = index == len(batches) - 1
         with accelerator.no_sync(session.loss_module) if not last else nullcontext():
             summed, _ = session.loss_module(batch)
-            accelerator.backward(summed * accelerator.num_processes / max(step_targets, 1))
-        loss_sum += summed.item()
+            accelerator.backward(summed * weight)
+        loss_sum += 0.0 if ghost else summed.item()
     grad_norm = _clip(session)
     session.optimizer.step()
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
-    real = sum(b.real_tokens for b in batches)
+    real = 0 if ghost else sum(b.real_tokens for b in batches)
+    padded = 0 if ghost else sum(b.padded_tokens for b in batches)
+    totals = torch.tensor([loss_sum, real, padded], dtype=torch.float64, device=accelerator.device)
+    loss_sum, real, padded = accelerator.reduce(totals, reduction="sum").tolist()
     return {
-        "loss": loss_sum / max(local_targets.item(), 1),
+        "loss": loss_sum / step_targets,
         "grad_norm": grad_norm,
         "lr": session.scheduler.get_last_lr()[0],
         "tokens_per_s": real / seconds,
-        "padded_tokens_per_s": sum(b.padded_tokens for b in batches) / seconds,
-        "real_tokens": real,
-        "padded_tokens": sum(b.padded_tokens for b in batches),
+        "padded_tokens_per_s": padded / seconds,
+        "real_tokens": int(real),
+        "padded_tokens": int(padded),
         "seconds": seconds,
     }
 
@@ -296,7 +306,7 @@ def restore_latest(session: Session) -> int:
     return state.step
 
 
-def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Encoded]]:
+def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Any]]:
     """Micro-batches across epochs, each epoch in its seeded order, after the first ``skip``."""
     plan, cfg = session.plan, session.config.train
     epoch, skip = divmod(skip, plan.micro_per_epoch)
@@ -305,7 +315,7 @@ def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Encoded]]:
             micro_batches(session.train_samples, cfg.batch_size, cfg.seed, epoch, cfg.shuffle)
         ):
             if index >= skip:
-                yield _shard(micro, session.accelerator)
+                yield micro
         skip, epoch = 0, epoch + 1
 
 
@@ -324,7 +334,7 @@ def log_metrics(session: Session, record: dict[str, Any]) -> None:
     session.writer.flush()
 
 
-def _shard(micro: list[Encoded], accelerator: Any) -> list[Encoded]:
+def _shard(micro: list[Any], accelerator: Any) -> list[Any]:
     """This process's share of a micro-batch (all of it when there is one process)."""
     if accelerator.num_processes == 1:
         return micro

@@ -139,8 +139,14 @@ def load_causal_lm(model_dir: Path, spec: ModelConfig, dtype: torch.dtype) -> Pr
     return model
 
 
-def attach_lora(model: PreTrainedModel, lora: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
-    """Wrap the model with a fresh LoRA adapter; only adapter weights stay trainable."""
+def attach_lora(
+    model: PreTrainedModel,
+    lora: LoraConfig,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+) -> Any:
+    """Wrap the model with a fresh LoRA adapter; only adapter weights (and any
+    ``modules_to_save``, trained in full) stay trainable."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -150,6 +156,7 @@ def attach_lora(model: PreTrainedModel, lora: LoraConfig, task_type: str = "CAUS
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         task_type=task_type,
+        modules_to_save=modules_to_save,
     )
     wrapped = get_peft_model(model, peft_config)
     if lora.dropout > 0:
@@ -378,3 +385,26 @@ def _probe_ids(tokenizer: Any) -> torch.Tensor:
     from tunelab.data.encode import encode_prompt
 
     return torch.tensor([encode_prompt(tokenizer, TEMPLATE_PROBE)])
+
+
+def load_classifier(
+    model_dir: Path, spec: ModelConfig, labels: list[str], pad_id: int, dtype: torch.dtype
+) -> PreTrainedModel:
+    """The base model with a fresh class head over ``labels`` (seed the RNG first).
+
+    ``AutoModelForSequenceClassification`` pools the last non-padding token, found through
+    ``pad_token_id``, so the config gets the tokenizer's pad id.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        dtype=dtype,
+        trust_remote_code=spec.trust_remote_code,
+        use_safetensors=True,
+    )
+    model.config.pad_token_id = pad_id
+    return model

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunelab.data.encode import encode_prompt
 from tunelab.data.formats import RowError, detect_prompt_format, prompt_of
 from tunelab.data.readers import read_rows
+from tunelab.data.tables import write_records
 from tunelab.errors import TunelabError
 from tunelab.evaluate import answer_format
 from tunelab.generate import GenerationOptions, generate_texts
@@ -78,39 +77,6 @@ def predict_file(
         "without prompt": len(records) - len(prompts),
         "unreadable": len(read.rejects),
         "output": str(output),
-    }
-
-
-def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Rows to .jsonl, .csv (UTF-8 with BOM, for Excel) or .xlsx."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(key for record in records for key in record))
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    elif suffix == ".csv":
-        with path.open("w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(_flat(r) for r in records)
-    else:
-        import openpyxl
-
-        book = openpyxl.Workbook()
-        sheet = book.active
-        sheet.append(columns)
-        for record in records:
-            sheet.append([_flat(record).get(column) for column in columns])
-        book.save(path)
-
-
-def _flat(record: dict[str, Any]) -> dict[str, Any]:
-    """Lists and objects become JSON text in a table cell."""
-    return {
-        k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
-        for k, v in record.items()
     }
 
 

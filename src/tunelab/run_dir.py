@@ -53,6 +53,11 @@ class RunDir:
         return self.root / "adapter"
 
     @property
+    def labels(self) -> Path:
+        """task classify: the label set in id order, used by eval, predict and serve."""
+        return self.root / "labels.json"
+
+    @property
     def best(self) -> Path:
         """The adapter that scored best during training (with `eval.every`)."""
         return self.root / "best"

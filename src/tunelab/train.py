@@ -6,7 +6,10 @@ adapter, eval loss and generation scores. The loop itself lives in loop.py.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,25 @@ from tunelab.loop import (
     restore_latest,
     run_loop,
 )
-from tunelab.models import attach_lora, load_causal_lm, load_tokenizer, resolve_model
+from tunelab.models import (
+    attach_lora,
+    load_causal_lm,
+    load_classifier,
+    load_tokenizer,
+    resolve_model,
+)
 from tunelab.precision import base_dtype, bf16_frozen_matmuls, resolve_precision
 from tunelab.report import print_data_report, write_eval
 from tunelab.run_dir import RunDir, write_json
-from tunelab.tasks.sft import PreparedData, prepare_sft
+from tunelab.tasks.classify import (
+    HEAD_MODULES,
+    ClassifierLoss,
+    class_batcher,
+    class_weights,
+    evaluate_classifier,
+    prepare_classify,
+)
+from tunelab.tasks.sft import CausalLMLoss, PreparedData, prepare_sft, sft_batcher
 
 
 @dataclass
@@ -44,6 +61,7 @@ class TrainResult:
     metric: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     best: dict[str, Any] | None = None
+    is_main: bool = True
     evaluations: list[Any] = field(default_factory=list, repr=False)
 
 
@@ -58,24 +76,34 @@ def train(
 
     console = console or Console()
     run = RunDir(config.run_dir)
-    run.start(resume, overwrite)
     accelerator = build_accelerator(config.train)
+    if accelerator.is_main_process:
+        run.start(resume, overwrite)
+    accelerator.wait_for_everyone()
     set_seed(config.train.seed)
     model_dir = resolve_model(config.model)
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
+    if config.task == "classify":
+        return train_classifier(config, run, accelerator, model_dir, tokenizer, resume, console)
     data = prepare_sft(config.data, tokenizer)
     if accelerator.is_main_process:
         write_run_inputs(config, run, data, console)
     model = build_model(model_dir, config)
-    pad_id = tokenizer.pad_token_id
+    batcher = sft_batcher(config.data, config.train.forward_tokens, tokenizer.pad_token_id)
+    samples = (data.train.samples, data.val.samples)
     session = build_session(
-        config, run, accelerator, model, (data.train, data.val), pad_id, console
+        config, run, accelerator, CausalLMLoss(model), samples, batcher, console
     )
     session.scorer = make_scorer(session, tokenizer, data) if config.eval.generate else None
     base = score_base(session, tokenizer, data) if config.eval.compare_base else None
     start = restore_latest(session) if resume else 0
     last = run_loop(session, start)
-    return finish(session, tokenizer, data, last, base)
+    final = (
+        partial(generate_scores, session, tokenizer, data, "fine-tuned")
+        if config.eval.generate
+        else None
+    )
+    return finish(session, tokenizer, last, base, final)
 
 
 def build_model(model_dir: Path, config: RunConfig) -> Any:
@@ -114,6 +142,17 @@ def make_scorer(session: Session, tokenizer: Any, data: PreparedData) -> Any:
     return score
 
 
+def generate_scores(
+    session: Session, tokenizer: Any, data: PreparedData, name: str, model: Any
+) -> EvalResult:
+    """Generation-based scores of ``model`` on the val rows."""
+    model.config.use_cache = True
+    with session.accelerator.autocast():
+        result = evaluate_generation(model, tokenizer, data.val.examples, session.config.eval, name)
+    model.config.use_cache = False
+    return result
+
+
 def score_base(session: Session, tokenizer: Any, data: PreparedData) -> EvalResult | None:
     """The base model (adapter off) on the eval rows, before training."""
     if not (
@@ -131,8 +170,53 @@ def score_base(session: Session, tokenizer: Any, data: PreparedData) -> EvalResu
     return result
 
 
+def train_classifier(
+    config: RunConfig,
+    run: RunDir,
+    accelerator: Any,
+    model_dir: Path,
+    tokenizer: Any,
+    resume: bool,
+    console: Console,
+) -> TrainResult:
+    """task classify: a class head plus LoRA, scored by accuracy / macro-F1 on val."""
+    from accelerate.utils import set_seed
+
+    data = prepare_classify(config.data, tokenizer)
+    if accelerator.is_main_process:
+        run.config.write_text(dump_config(config), encoding="utf-8")
+        write_json(run.data_report, data.report)
+        write_json(run.labels, {"labels": data.labels})
+        write_rejects(run.rejects, data.rejects)
+        print_data_report(console, data.report, data.rejects, run.rejects)
+    set_seed(config.train.seed)  # the head starts from seeded random weights
+    precision = resolve_precision(config.train.precision)
+    pad_id = tokenizer.pad_token_id
+    model = load_classifier(model_dir, config.model, data.labels, pad_id, base_dtype(precision))
+    model = attach_lora(model, config.lora, "SEQ_CLS", HEAD_MODULES)
+    if precision == "bf16" and not torch.cuda.is_available():
+        bf16_frozen_matmuls(model)
+    batcher = class_batcher(pad_id, config.train.forward_tokens)
+    loss = ClassifierLoss(model, class_weights(config, data.labels, data.train))
+    samples = (data.train.samples, data.val.samples)
+    session = build_session(config, run, accelerator, loss, samples, batcher, console)
+    metric = config.eval.metric if config.eval.metric in ("accuracy", "macro_f1") else "macro_f1"
+
+    def evaluate(model: Any, name: str) -> EvalResult:
+        return evaluate_classifier(model, data.val, data.labels, batcher, name)
+
+    session.scorer = lambda model, step: evaluate(model, f"step-{step}").tasks["all"][metric]
+    start = restore_latest(session) if resume else 0
+    last = run_loop(session, start)
+    return finish(session, tokenizer, last, None, lambda model: evaluate(model, "fine-tuned"))
+
+
 def finish(
-    session: Session, tokenizer: Any, data: PreparedData, steps: int, base: EvalResult | None
+    session: Session,
+    tokenizer: Any,
+    steps: int,
+    base: EvalResult | None,
+    evaluate_final: Callable[[Any], EvalResult] | None,
 ) -> TrainResult:
     """Save the adapter (with tokenizer and chat template), then measure the result."""
     run, accelerator = session.run, session.accelerator
@@ -147,20 +231,19 @@ def finish(
         best=session.best or None,
     )
     if not accelerator.is_main_process:
+        result.is_main = False
         return result
     session.model.save_pretrained(run.adapter)
-    tokenizer.save_pretrained(run.adapter)
-    if run.best.exists():
-        tokenizer.save_pretrained(run.best)
+    for folder in (run.adapter, run.best):
+        if folder.exists():
+            tokenizer.save_pretrained(folder)
+            if run.labels.exists():
+                shutil.copy(run.labels, folder / "labels.json")
     if session.val_samples:
         result.eval_loss = eval_loss(session)
         log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
-    if session.config.eval.generate and data.val.examples:
-        session.model.config.use_cache = True
-        with accelerator.autocast():
-            tuned = evaluate_generation(
-                session.model, tokenizer, data.val.examples, session.config.eval, "fine-tuned"
-            )
+    if evaluate_final is not None and session.val_samples:
+        tuned = evaluate_final(session.model)
         write_eval(run.eval_dir("final"), tuned, run.read_metrics())
         result.evaluations = [r for r in (base, tuned) if r is not None]
         result.metric = tuned.metric

@@ -38,9 +38,9 @@ def test_epoch_order_is_a_seeded_permutation_that_changes_per_epoch() -> None:
     assert [len(b) for b in batches] == [4, 4, 2]
 
 
-def test_target_tokens_count_shifted_labels() -> None:
+def test_targets_count_shifted_labels() -> None:
     batch = collate([sample(4)], pad_id=0, pack_length=None)
-    assert batch.target_tokens == int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) == 2
+    assert batch.targets == int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) == 2
     assert torch.equal(batch.input_ids, torch.tensor([[1, 2, 3, 4]]))
 
 

@@ -17,23 +17,23 @@ from tunelab.data.encode import IGNORE_INDEX, Encoded
 
 @dataclass
 class Batch:
-    """Model inputs plus the token counts that throughput and loss normalisation need."""
+    """Model inputs plus the counts that throughput and loss normalisation need.
+
+    ``targets`` is how many loss terms the batch holds: target tokens for a language-model
+    loss (labels are shifted by one inside it), rows for a class head.
+    """
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None
     real_tokens: int
+    targets: int
 
     @property
     def padded_tokens(self) -> int:
         """Tokens the model computes over, padding included."""
         return self.input_ids.numel()
-
-    @property
-    def target_tokens(self) -> int:
-        """Positions that carry a loss (labels are shifted by one inside the loss)."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
     def to(self, device: torch.device) -> Batch:
         """The same batch on ``device``."""
@@ -44,6 +44,7 @@ class Batch:
             self.position_ids.to(device),
             mask,
             self.real_tokens,
+            self.targets,
         )
 
 
@@ -58,13 +59,13 @@ def forward_batches(
     if pack_length is None:
         ordered = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)
         return [
-            _padded(group, pad_id) for group in _fit_budget([[s] for s in ordered], token_budget)
+            _padded(group, pad_id) for group in fit_budget([[s] for s in ordered], token_budget)
         ]
     # rows no longer than the longest sample: attention cost grows with the square of the
     # row length, so longer rows would cost more than padding saves
     longest = max(len(s.input_ids) for s in samples)
     rows = pack_first_fit(samples, min(pack_length, longest))
-    return [_packed(group, pad_id) for group in _fit_budget(rows, token_budget)]
+    return [_packed(group, pad_id) for group in fit_budget(rows, token_budget)]
 
 
 def collate(samples: Sequence[Encoded], pad_id: int, pack_length: int | None) -> Batch:
@@ -74,7 +75,7 @@ def collate(samples: Sequence[Encoded], pad_id: int, pack_length: int | None) ->
     return _packed(pack_first_fit(samples, pack_length), pad_id)
 
 
-def _fit_budget(rows: list[list[Encoded]], budget: int) -> list[list[list[Encoded]]]:
+def fit_budget(rows: list[list[Encoded]], budget: int) -> list[list[list[Encoded]]]:
     """Group rows, longest first, so that rows x width of each group stays within budget."""
     groups: list[list[list[Encoded]]] = []
     width = 0
@@ -109,7 +110,7 @@ def _packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
         # the tail of a row is its own short "sample" so it never joins the last one
         positions[r, start:] = torch.arange(width - start)
     real = sum(_row_length(row) for row in rows)
-    return Batch(ids, labels, positions, None, real)
+    return Batch(ids, labels, positions, None, real, _shifted_targets(labels))
 
 
 def pack_first_fit(samples: Sequence[Encoded], capacity: int) -> list[list[Encoded]]:
@@ -163,7 +164,11 @@ def _padded(samples: Sequence[Encoded] | list[list[Encoded]], pad_id: int) -> Ba
         mask[r, :n] = 1
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     real = sum(len(s.input_ids) for s in samples)
-    return Batch(ids, labels, positions, mask, real)
+    return Batch(ids, labels, positions, mask, real, _shifted_targets(labels))
+
+
+def _shifted_targets(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def _own_labels(sample: Encoded) -> list[int]:

@@ -114,10 +114,73 @@ def xiehouyu_rows(
     return rows[:train_rows], rows[train_rows:], summary
 
 
+DEFINITION_CHARS = 40  # short definitions: a 135M model can learn to produce them in minutes
+TASK_PROMPT = "任务: {task}\n输入: {text}"
+MULTITASK = {"sentiment": "情感分类", "xiehouyu": "歇后语补全", "definition": "词语释义"}
+
+
+def definition_rows(count: int, seed: int) -> tuple[list[Row], dict[str, Any]]:
+    """jionlp's word dictionary as QA: a word asks for its (first, short) definition."""
+    archive = _package_dir("jionlp") / "dictionary" / "chinese_word_dictionary.zip"
+    with zipfile.ZipFile(archive) as bundle:
+        lines = bundle.read("chinese_word_dictionary.txt").decode("utf-8").splitlines()
+    entries = {}
+    for line in lines:
+        word, _, text = line.partition("\t")
+        sense = text.split(" 2.")[0].removeprefix("1.").strip()
+        usable = sense and not sense.startswith(("见", "同", "亦作")) and word not in sense
+        if word and usable and len(sense) <= DEFINITION_CHARS:
+            entries.setdefault(word.strip(), sense)
+    words = sorted(entries)
+    random.Random(seed).shuffle(words)
+    if len(words) < count:
+        raise TunelabError(f"definitions: only {len(words)} short entries, {count} asked for")
+    rows = [{"word": w, "definition": entries[w]} for w in words[:count]]
+    return rows, {"definition source": f"jionlp {_version('jionlp')} chinese_word_dictionary.zip"}
+
+
+def multitask_rows(
+    train_rows: int, test_rows: int, seed: int
+) -> tuple[list[Row], list[Row], dict[str, Any]]:
+    """Three task kinds in one set, a `task` column per row: a label (sentiment), a short
+    answer (歇后语) and QA (word definitions), in the "任务: X\n输入: Y" style."""
+    per_train, per_test = train_rows // 3, test_rows // 3
+    sentiment_train, sentiment_test, summary = sentiment_rows(2 * per_train, 2 * per_test, seed)
+    saying_train, saying_test, saying_summary = xiehouyu_rows(per_train, per_test, seed)
+    words, word_summary = definition_rows(per_train + per_test, seed)
+    kinds = {
+        MULTITASK["sentiment"]: [
+            (r["input"], r["output"])
+            for r in sentiment_train[:per_train] + sentiment_test[:per_test]
+        ],
+        MULTITASK["xiehouyu"]: [(_saying(r), r["output"]) for r in saying_train + saying_test],
+        MULTITASK["definition"]: [(w["word"], w["definition"]) for w in words],
+    }
+    train: list[Row] = []
+    test: list[Row] = []
+    for task, pairs in kinds.items():
+        rows = [
+            {"instruction": TASK_PROMPT.format(task=task, text=q), "output": a, "task": task}
+            for q, a in pairs
+        ]
+        train += rows[:per_train]
+        test += rows[per_train:]
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    rng.shuffle(test)
+    parts = {"情感分类": summary, "歇后语补全": saying_summary, "词语释义": word_summary}
+    return train, test, {"tasks": list(kinds), "sources": parts}
+
+
 CORPORA: dict[str, Callable[[int, int, int], tuple[list[Row], list[Row], dict[str, Any]]]] = {
     "sentiment": sentiment_rows,
     "xiehouyu": xiehouyu_rows,
+    "multitask": multitask_rows,
 }
+
+
+def _saying(row: Row) -> str:
+    return row["instruction"].removeprefix("歇后语『").removesuffix("』的下一句是？")
 
 
 def _review_row(text: str, label: str) -> Row:

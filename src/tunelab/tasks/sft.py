@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.config import DataConfig
-from tunelab.data.batching import Batch
+from tunelab.data.batching import Batch, forward_batches
 from tunelab.data.encode import IGNORE_INDEX, Encoded, EncodeError, encode_chat
 from tunelab.data.formats import Example
 from tunelab.data.prepare import (
@@ -166,3 +166,15 @@ def split_summary(encoded: EncodedSet) -> dict[str, Any]:
         "tokens": length_stats(encoded.lengths),
         "target_tokens": sum(s.target_tokens for s in encoded.samples),
     }
+
+
+def sft_batcher(
+    data: DataConfig, forward_tokens: int, pad_id: int
+) -> Callable[[Sequence[Encoded]], list[Batch]]:
+    """Samples -> forward passes: packed (or padded) rows within the token budget."""
+    pack_length = data.max_length if data.packing else None
+
+    def batches(samples: Sequence[Encoded]) -> list[Batch]:
+        return forward_batches(samples, pad_id, pack_length, forward_tokens)
+
+    return batches

@@ -1,0 +1,134 @@
+"""task classify: table rows, a class head, label maps, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openpyxl
+import pytest
+import torch
+
+from tunelab.config import DataConfig, validate_config
+from tunelab.errors import TunelabError
+from tunelab.tasks.classify import (
+    class_weights,
+    label_names,
+    prepare_classify,
+    read_labelled,
+    resolve_labels,
+)
+
+
+def write_table(path: Path, rows: list[dict]) -> Path:
+    path.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
+    )
+    return path
+
+
+def test_rows_missing_text_or_label_and_unknown_labels_are_rejected(tmp_path: Path) -> None:
+    path = write_table(
+        tmp_path / "t.jsonl",
+        [
+            {"text": "很好", "label": "正面"},
+            {"text": "", "label": "负面"},
+            {"text": "一般"},
+            {"text": "差", "label": "负面"},
+            {"text": "还行", "label": "中性"},
+        ],
+    )
+    data = DataConfig(train=[path], labels=["正面", "负面"])
+    texts, rejects = read_labelled(data.train, data)
+    kept, unknown = resolve_labels(texts, data.labels)
+    assert [t.text for t in kept] == ["很好", "差"]
+    assert [(r.source.line, r.field, r.reason) for r in rejects + unknown] == [
+        (2, "text", "missing or empty text"),
+        (3, "label", "missing label"),
+        (5, "label", "unknown label '中性'; expected one of ['正面', '负面']"),
+    ]
+
+
+def test_labels_as_ids_map_to_names_and_excel_columns_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "t.xlsx"
+    book = openpyxl.Workbook()
+    book.active.append(["text_cn", "n_labels"])
+    book.active.append(["好", 0])
+    book.active.append(["坏", 1])
+    book.save(path)
+    data = DataConfig(
+        train=[path], text_column="text_cn", label_column="n_labels", labels=["正常", "违规"]
+    )
+    texts, _ = read_labelled(data.train, data)
+    kept, unknown = resolve_labels(texts, data.labels)
+    assert [t.label for t in kept] == ["正常", "违规"] and not unknown
+    assert label_names(kept, []) == ["正常", "违规"]
+    with pytest.raises(
+        TunelabError, match=r"no column 'text'; the columns are \['n_labels', 'text_cn'\]"
+    ):
+        read_labelled([path], DataConfig(train=[path]))
+
+
+def test_class_weights_auto_is_inverse_frequency(tmp_path: Path, qwen3_tok) -> None:
+    rows = [{"text": f"t{i}", "label": "a" if i < 6 else "b"} for i in range(8)]
+    path = write_table(tmp_path / "t.jsonl", rows)
+    config = validate_config(
+        {
+            "task": "classify",
+            "data": {"train": str(path), "val": str(path)},
+            "train": {"class_weights": "auto"},
+        },
+        "t",
+    )
+    data = prepare_classify(config.data, qwen3_tok)
+    weights = class_weights(config, data.labels, data.train)
+    torch.testing.assert_close(weights, torch.tensor([8 / (2 * 6), 8 / (2 * 2)]))
+    config.train.class_weights = {"b": 3.0}
+    torch.testing.assert_close(
+        class_weights(config, data.labels, data.train), torch.tensor([1.0, 3.0])
+    )
+
+
+def test_a_classify_run_trains_the_head_and_writes_its_outputs(
+    tmp_path: Path, qwen3_dir: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.train import train
+
+    rows = [
+        {
+            "text": ("很好 " if i % 2 else "很差 ") * (1 + i % 3),
+            "label": "正面" if i % 2 else "负面",
+        }
+        for i in range(48)
+    ]
+    path = write_table(tmp_path / "reviews.jsonl", rows)
+    config = validate_config(
+        {
+            "task": "classify",
+            "name": "cls",
+            "output_dir": str(tmp_path / "runs"),
+            "model": str(qwen3_dir),
+            "data": {"train": str(path), "val_fraction": 0.25},
+            "lora": {"r": 4, "alpha": 8},
+            "train": {"max_steps": 6, "batch_size": 8, "learning_rate": 5e-3, "save_every": 3},
+            "eval": {"metric": "macro_f1", "every": 3},
+        },
+        "t",
+    )
+    result = train(config)
+    run = tmp_path / "runs" / "cls"
+    assert json.loads((run / "labels.json").read_text()) == {"labels": ["正面", "负面"]}
+    assert (run / "adapter" / "labels.json").exists()
+    metrics = json.loads((run / "eval" / "final" / "metrics.json").read_text())
+    report = metrics["tasks"]["all"]["classification"]
+    assert set(report["per_class"]) == {"正面", "负面"} and len(report["confusion"]["matrix"]) == 2
+    assert result.metric == "macro_f1" and 0.0 <= result.scores["fine-tuned"] <= 1.0
+    assert (run / "eval" / "final" / "confusion_all.png").exists()
+    assert result.best is not None and (run / "best" / "adapter_config.json").exists()
+    base = AutoModelForSequenceClassification.from_pretrained(qwen3_dir, num_labels=2)
+    tuned = PeftModel.from_pretrained(base, run / "adapter")
+    saved = {n for n, _ in tuned.named_parameters() if "modules_to_save" in n}
+    assert any("score" in n for n in saved)  # the head was trained in full and saved
