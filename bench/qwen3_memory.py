@@ -40,7 +40,7 @@ def qwen3_06b_config():
     )
 
 
-def one_variant(variant: str, labels_kind: str, steps: int) -> dict:
+def one_variant(variant: str, labels_kind: str, steps: int, checkpointing: bool = False) -> dict:
     """Build the model, take ``steps`` training steps, report time and peak RSS."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
@@ -51,6 +51,8 @@ def one_variant(variant: str, labels_kind: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(qwen3_06b_config())
     model.config.use_cache = False
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     )
@@ -67,7 +69,8 @@ def one_variant(variant: str, labels_kind: str, steps: int) -> dict:
             loss = model(input_ids=ids, labels=labels).loss
         else:
             positions = torch.arange(WIDTH).expand(ROWS, WIDTH)
-            summed, count = loss_module(Batch(ids, labels, positions, None, ids.numel()))
+            targets = int((labels[:, 1:] != -100).sum())
+            summed, count = loss_module(Batch(ids, labels, positions, None, ids.numel(), targets))
             loss = summed / count
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -90,9 +93,14 @@ def main() -> None:
     parser.add_argument("--variant", choices=["plain", "tunelab"])
     parser.add_argument("--labels", choices=["answers", "all"], default="answers")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(one_variant(args.variant, args.labels, args.steps)))
+        print(
+            json.dumps(
+                one_variant(args.variant, args.labels, args.steps, args.gradient_checkpointing)
+            )
+        )
         return
     rows = []
     for labels_kind in ("answers", "all"):
@@ -107,6 +115,7 @@ def main() -> None:
                 labels_kind,
                 "--steps",
                 str(args.steps),
+                *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
             ]
             done = subprocess.run(command, capture_output=True, text=True)
             line = [x for x in done.stdout.splitlines() if x.startswith("{")]

@@ -26,7 +26,7 @@ def test_unknown_keys_name_their_path_and_nearest_key_all_at_once(tmp_path: Path
 
 def test_relative_data_paths_follow_the_config_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "data:\n  train: sub/a.jsonl\n"))
-    assert config.data.train == [tmp_path / "sub" / "a.jsonl"]
+    assert config.data.train == [(tmp_path / "sub" / "a.jsonl").resolve()]
     assert config.name == "run"
     assert config.model.name == "smollm2-135m"
 

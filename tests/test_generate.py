@@ -79,3 +79,30 @@ def test_sampling_is_reproducible_with_a_seed_and_stop_strings_cut(
         model, qwen3_tok, prompts[:1], GenerationOptions(max_new_tokens=8, stop=("的",))
     )
     assert "的" not in stopped[0]
+
+
+def test_constrained_decoding_is_not_biased_against_long_labels(qwen3_dir, qwen3_tok) -> None:
+    """Labels of 1 and of several tokens: summing log-probs favours the short one; constrained
+    decoding decides at the first differing token, so the long label keeps its share."""
+    from tunelab.generate import label_logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(qwen3_dir).eval()
+    labels = ("是", "不是这样的情况")
+    lengths = [len(qwen3_tok(label, add_special_tokens=False)["input_ids"]) for label in labels]
+    assert lengths[0] == 1 and lengths[1] >= 3
+    questions = [f"问题{i}：对吗？" for i in range(24)]
+    prompts = [encode_prompt(qwen3_tok, [{"role": "user", "content": q}]) for q in questions]
+    decoded = generate_texts(
+        model,
+        qwen3_tok,
+        prompts,
+        GenerationOptions(max_new_tokens=12, batch_size=8),
+        [AnswerFormat(choices=labels)] * len(prompts),
+    )
+    sums, counts = label_logprobs(model, qwen3_tok, prompts, labels)
+    by_sum = [labels[i] for i in sums.argmax(-1).tolist()]
+    assert counts[0].tolist() == [2.0, lengths[1] + 1.0]  # each label ends with its stop token
+    # summing log-probs all but never picks the long label; constrained decoding does
+    assert by_sum.count("是") > decoded.count("是")
+    assert decoded.count(labels[1]) >= 3 and set(decoded) <= set(labels)

@@ -33,6 +33,14 @@ def test_training_scored_the_model_and_kept_files(tiny_run: Path) -> None:
         "loss_curves.png",
     ):
         assert (tiny_run / "eval" / "final" / name).exists(), name
+    assert any(name.startswith("TF-IDF") for name in results["scores"])
+    assert (tiny_run / "eval" / "baseline" / "metrics.json").exists()
+
+
+def test_baseline_command_on_a_run(tiny_run: Path) -> None:
+    done = tunelab("baseline", str(tiny_run))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "TF-IDF" in done.stdout and "accuracy" in done.stdout
 
 
 def test_eval_command_with_base_comparison_and_constraint(tiny_run: Path) -> None:

@@ -54,6 +54,13 @@ class DataConfig(Section):
         None, ge=1, description="Cap on the held-out rows taken from `train`."
     )
     split_seed: int = Field(42, description="Seed of the train/val split.")
+    train_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Train on this leading share of the training rows, in file order (time-"
+        "ordered data stays time-ordered); `tunelab sweep` varies it.",
+    )
     packing: bool = Field(True, description="Pack samples into rows without cross-attention.")
     text_column: str = Field("text", description="task classify: the column holding the text.")
     label_column: str = Field("label", description="task classify: the column holding the label.")
@@ -297,8 +304,9 @@ def _anchor_data_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _anchor(value: str, base: Path) -> Path:
+    """Absolute, so the resolved config in a run directory works from anywhere."""
     path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 def _describe_error(error: dict[str, Any]) -> str:

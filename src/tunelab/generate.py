@@ -21,11 +21,12 @@ class AnswerFormat:
     choices: tuple[str, ...] = ()
     regex: str | None = None
     json_schema: str | None = None  # the schema as JSON text, so the format stays hashable
+    ebnf: str | None = None  # a grammar whose answers the task's own parser checks
 
     @property
     def defined(self) -> bool:
         """Whether any format is set."""
-        return bool(self.choices or self.regex or self.json_schema)
+        return bool(self.choices or self.regex or self.json_schema or self.ebnf)
 
     def is_valid(self, answer: str) -> bool:
         """Whether ``answer`` (stripped) parses as this format; anything goes when unset."""
@@ -129,6 +130,8 @@ class _GrammarCache:
             # compact JSON: with free whitespace a weak model can spend its whole token
             # budget on spaces and never close the object
             return self.compiler.compile_json_schema(answer.json_schema, any_whitespace=False)
+        if answer.ebnf:
+            return self.compiler.compile_grammar(answer.ebnf)
         return self.compiler.compile_grammar("root ::= [^]*")
 
 
@@ -175,3 +178,42 @@ def _left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, 
         ids[r, width - len(row) :] = torch.tensor(row)
         mask[r, width - len(row) :] = 1
     return ids, mask
+
+
+def label_logprobs(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    labels: Sequence[str],
+    end_token: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each label (with its end token) after each prompt.
+
+    Returns (summed log-probabilities, token counts), each of shape [prompts, labels]. The
+    sum favours short labels (every extra token can only lower it); divide by the counts
+    for a length-normalised score, or decode constrained to the labels (first differing
+    token decides) for a rule that does not look at length at all.
+    """
+    end = tokenizer.eos_token_id if end_token is None else end_token
+    label_ids = [
+        tokenizer(label, add_special_tokens=False)["input_ids"] + [end] for label in labels
+    ]
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(prompts), len(labels))
+    for p, prompt in enumerate(prompts):
+        rows = [prompt + ids for ids in label_ids]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logprobs = logits.log_softmax(-1).cpu()
+        for r, label in enumerate(label_ids):
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(label))
+            sums[p, r] = logprobs[r, positions, torch.tensor(label)].sum()
+    counts = torch.tensor([len(ids) for ids in label_ids], dtype=torch.float).expand(
+        len(prompts), -1
+    )
+    return sums, counts.clone()

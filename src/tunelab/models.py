@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -319,13 +320,23 @@ def load_for_inference(
         raise TunelabError(f"{run_root}: not a run directory (no config.yaml)")
     config = load_config(config_path)
     chosen = resolve_precision(precision)
-    model = load_causal_lm(resolve_model(config.model), config.model, base_dtype(chosen))
     folder = None if base_only else adapter_dir(run_root, checkpoint)
     saved = [
         f for f in (folder, run_root / "adapter") if f and (f / "tokenizer_config.json").is_file()
     ]
     tokenizer_dir = saved[0] if saved else resolve_model(config.model)
     tokenizer = load_tokenizer(tokenizer_dir, config.model.trust_remote_code)
+    model_dir = resolve_model(config.model)
+    if config.task == "classify":
+        if folder is None:
+            raise TunelabError(
+                "a class head has no base model to compare with: its head is trained"
+            )
+        labels = json.loads((run_root / "labels.json").read_text(encoding="utf-8"))["labels"]
+        pad_id = tokenizer.pad_token_id
+        model = load_classifier(model_dir, config.model, labels, pad_id, base_dtype(chosen))
+    else:
+        model = load_causal_lm(model_dir, config.model, base_dtype(chosen))
     if folder is not None:
         model = load_adapter(model, folder)
     if chosen == "bf16" and not torch.cuda.is_available():

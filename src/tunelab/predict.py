@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def predict_file(
     console = console or Console()
     read = read_rows(source, sheet)
     model, tokenizer, config = load_for_inference(run_root, checkpoint)
+    if config.task == "classify":
+        records = classify_records(model, tokenizer, config, read.rows, run_root)
+        write_records(output, records)
+        return _summary(records, read, output)
     format_name = detect_prompt_format(read.rows)
     if format_name is None:
         raise TunelabError(f"{source}: no prompts; expected instruction, conversations or messages")
@@ -71,10 +76,43 @@ def predict_file(
     for index, text in zip(prompts, outputs, strict=True):
         records[index]["prediction"] = text
     write_records(output, records)
+    return _summary(records, read, output)
+
+
+def classify_records(
+    model: Any, tokenizer: Any, config: Any, rows: list[Any], run_root: Path
+) -> list[dict[str, Any]]:
+    """A label and one probability column per class for each row with a text (batched)."""
+    from tunelab.tasks.classify import ClassSample, class_batcher, predict_classes
+
+    labels = json.loads((run_root / "labels.json").read_text(encoding="utf-8"))["labels"]
+    column = config.data.text_column
+    records = [dict(row.data) for row in rows]
+    usable = [i for i, row in enumerate(rows) if str(row.data.get(column, "")).strip()]
+    for index in set(range(len(rows))) - set(usable):
+        records[index]["error"] = f"{rows[index].source}: {column}: missing or empty text"
+    samples = []
+    for index in usable:
+        ids = tokenizer(str(rows[index].data[column]))["input_ids"][: config.data.max_length]
+        samples.append(ClassSample(ids, 0, len(ids)))
+    probabilities = predict_classes(
+        model, samples, class_batcher(tokenizer.pad_token_id, config.train.forward_tokens)
+    )
+    for index, row_probabilities in zip(usable, probabilities.tolist(), strict=True):
+        best = max(range(len(labels)), key=lambda i: row_probabilities[i])
+        records[index]["prediction"] = labels[best]
+        records[index].update(
+            {f"p_{label}": round(p, 4) for label, p in zip(labels, row_probabilities, strict=True)}
+        )
+    return records
+
+
+def _summary(records: list[dict[str, Any]], read: Any, output: Path) -> dict[str, Any]:
+    predicted = sum("prediction" in r and "error" not in r for r in records)
     return {
         "rows": len(records) + len(read.rejects),
-        "predicted": len(prompts),
-        "without prompt": len(records) - len(prompts),
+        "predicted": predicted,
+        "without prompt": len(records) - predicted,
         "unreadable": len(read.rejects),
         "output": str(output),
     }

@@ -45,6 +45,12 @@ def print_data_report(
             f"  val: {report['val']['kept']} rows held out of train "
             f"(fraction {origin['fraction']}, seed {origin['seed']})"
         )
+    if "train_fraction" in origin:
+        share = origin["train_fraction"]
+        console.print(
+            f"  train: the first {share['rows_used']} rows (train_fraction {share['fraction']}); "
+            f"{share['rows_left_out']} later rows left out"
+        )
     if rejects:
         console.print(f"[yellow]{len(rejects)} row(s) rejected[/yellow]")
         for reject in rejects[:SHOWN_REJECTS]:
@@ -246,41 +252,41 @@ def _md(*cells: object) -> str:
 
 
 def print_comparison(console: Console, results: Sequence[Any]) -> None:
-    """Models side by side, per task, on the same rows (e.g. base vs fine-tuned)."""
-    table = Table(
-        title="evaluation"
-        + (
-            f" ({results[0].tasks and next(iter(results[0].tasks.values()))['rows']} rows)"
-            if results
-            else ""
-        ),
-        title_justify="left",
-    )
-    table.add_column("task")
-    table.add_column("metric")
-    for result in results:
-        table.add_column(result.name, justify="right")
-    if len(results) == 2:
-        table.add_column("change", justify="right")
-    for task, metrics in results[0].tasks.items():
-        shown = [metrics["headline_metric"]] + [
-            k
-            for k in ("macro_f1", "exact_match", "bleu", "rouge_l", "invalid_rate")
-            if k in metrics and k != metrics["headline_metric"]
-        ]
-        for metric in dict.fromkeys(shown):
-            values = [
-                r.tasks.get(task, {}).get(
-                    metric if metric != metrics["headline_metric"] else "headline"
-                )
-                for r in results
+    """Models side by side, per task, on the same rows, with the fine-tuned model's gap to
+    each other column (the base model, the classic baseline)."""
+    tuned = next((i for i, r in enumerate(results) if r.name == "fine-tuned"), len(results) - 1)
+    others = [i for i in range(len(results)) if i != tuned]
+    rows = next(iter(results[tuned].tasks.values()), {}).get("rows", 0)
+    table = Table(title=f"evaluation ({rows} rows)", title_justify="left")
+    for column in ("task", "metric", *(r.name for r in results)):
+        table.add_column(
+            column, justify="left" if column in ("task", "metric") else "right", no_wrap=True
+        )
+    for i in others:
+        table.add_column(f"vs {results[i].name}", justify="right", no_wrap=True)
+    for task, metrics in results[tuned].tasks.items():
+        for metric in _shown_metrics(metrics):
+            values = [_metric_value(r, task, metric, metrics["headline_metric"]) for r in results]
+            cells = [f"{v:.4f}" if v is not None else "-" for v in values]
+            gaps = [
+                f"{values[tuned] - values[i]:+.4f}"
+                if None not in (values[tuned], values[i])
+                else "-"
+                for i in others
             ]
-            cells = [f"{v:.4f}" if isinstance(v, float | int) else "-" for v in values]
-            change = []
-            if len(values) == 2 and all(isinstance(v, float | int) for v in values):
-                change = [f"{values[1] - values[0]:+.4f}"]
-            table.add_row(task, metric, *cells, *change)
+            table.add_row(task, metric, *cells, *gaps)
     console.print(table)
+
+
+def _shown_metrics(metrics: dict[str, Any]) -> list[str]:
+    extra = ("accuracy", "macro_f1", "exact_match", "bleu", "rouge_l", "invalid_rate")
+    return list(dict.fromkeys([metrics["headline_metric"], *(k for k in extra if k in metrics)]))
+
+
+def _metric_value(result: Any, task: str, metric: str, headline: str) -> float | None:
+    values = result.tasks.get(task, {})
+    value = values.get(metric, values.get("headline") if metric == headline else None)
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _slug(text: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from tunelab.baseline import classify_baseline, is_label_task, sft_baseline
 from tunelab.config import RunConfig, dump_config
 from tunelab.data.prepare import write_rejects
 from tunelab.evaluate import EvalResult, evaluate_generation
@@ -103,7 +104,10 @@ def train(
         if config.eval.generate
         else None
     )
-    return finish(session, tokenizer, last, base, final)
+    classic = None
+    if config.eval.generate and is_label_task(config.eval):
+        classic = partial(sft_baseline, config.eval, data.train.examples, data.val.examples)
+    return finish(session, tokenizer, last, base, final, classic)
 
 
 def build_model(model_dir: Path, config: RunConfig) -> Any:
@@ -208,7 +212,10 @@ def train_classifier(
     session.scorer = lambda model, step: evaluate(model, f"step-{step}").tasks["all"][metric]
     start = restore_latest(session) if resume else 0
     last = run_loop(session, start)
-    return finish(session, tokenizer, last, None, lambda model: evaluate(model, "fine-tuned"))
+    classic = partial(classify_baseline, metric, data.train.texts, data.val.texts, data.labels)
+    return finish(
+        session, tokenizer, last, None, lambda model: evaluate(model, "fine-tuned"), classic
+    )
 
 
 def finish(
@@ -217,6 +224,7 @@ def finish(
     steps: int,
     base: EvalResult | None,
     evaluate_final: Callable[[Any], EvalResult] | None,
+    baseline: Callable[[], Any] | None = None,
 ) -> TrainResult:
     """Save the adapter (with tokenizer and chat template), then measure the result."""
     run, accelerator = session.run, session.accelerator
@@ -245,7 +253,10 @@ def finish(
     if evaluate_final is not None and session.val_samples:
         tuned = evaluate_final(session.model)
         write_eval(run.eval_dir("final"), tuned, run.read_metrics())
-        result.evaluations = [r for r in (base, tuned) if r is not None]
+        classic = baseline() if baseline is not None else None
+        if classic is not None:
+            write_eval(run.eval_dir("baseline"), classic)
+        result.evaluations = [r for r in (base, tuned, classic) if r is not None]
         result.metric = tuned.metric
         result.scores = {r.name: r.score for r in result.evaluations}
     saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}

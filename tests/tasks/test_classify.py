@@ -132,3 +132,40 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     tuned = PeftModel.from_pretrained(base, run / "adapter")
     saved = {n for n, _ in tuned.named_parameters() if "modules_to_save" in n}
     assert any("score" in n for n in saved)  # the head was trained in full and saved
+    # use it: predict keeps the columns and adds a label and a probability per class
+    import csv
+    import subprocess
+    import sys
+
+    source = tmp_path / "new.csv"
+    source.write_text("id,text\n1,很好 很好\n2,\n3,很差\n", encoding="utf-8")
+    predicted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "predict",
+            str(run),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "p.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8-sig")))
+    assert [r["id"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["prediction"] in {"正面", "负面"} and rows[1]["prediction"] == ""
+    assert abs(float(rows[0]["p_正面"]) + float(rows[0]["p_负面"]) - 1) < 1e-3
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "tunelab", "eval", str(run), "--name", "again"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    again = json.loads((run / "eval" / "again" / "metrics.json").read_text())
+    assert again["score"] == metrics["score"]  # the same rows and adapter give the same macro-F1

@@ -123,6 +123,14 @@ def load_train_val(config: DataConfig) -> tuple[LoadedSet, LoadedSet, dict[str, 
             "rows": [str(e.source) for e in val_examples],
         }
         train, val = LoadedSet(train_examples, train.rejects, train.files), LoadedSet(val_examples)
+    if config.train_fraction < 1:
+        used = max(1, math.ceil(len(train.examples) * config.train_fraction))
+        origin["train_fraction"] = {
+            "fraction": config.train_fraction,
+            "rows_used": used,
+            "rows_left_out": len(train.examples) - used,
+        }
+        train = LoadedSet(train.examples[:used], train.rejects, train.files)
     return train, val, origin
 
 
