@@ -74,29 +74,64 @@ def rank_candidates(
     tokenizer: Any,
     prompt: list[int],
     candidates: Sequence[str],
-    chunk: int = 128,
+    depth: int = 10,
+    chunk: int = 16,
 ) -> list[tuple[str, float]]:
     """Candidate keys by log P(key, then a field boundary | prompt), best first.
 
     The boundary (the separator before details, or the end of the answer) stops a target
-    that is a prefix of another from scoring as if it were the longer one.
+    that is a prefix of another from scoring as if it were the longer one. The first `depth`
+    places are exact: candidates are scored in order of an upper bound (the probability of
+    their first token after the prefix all candidates share), and scoring stops once no
+    unscored candidate's bound can reach the `depth`-th best score. Places beyond `depth` are
+    ordered by that bound.
     """
     device = next(model.parameters()).device
     boundary = _boundary_tokens(tokenizer)
+    tokens = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates]
+    shared = _common_prefix(tokens)
+    context = prompt + shared
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-    first = out.logits[0, -1].float().log_softmax(-1)
-    scores: list[float] = []
-    for start in range(0, len(candidates), chunk):
-        group = [
-            tokenizer(c, add_special_tokens=False)["input_ids"]
-            for c in candidates[start : start + chunk]
-        ]
-        scores.extend(
-            _group_scores(model, out.past_key_values, len(prompt), first, group, boundary)
-        )
-    ranked = sorted(zip(candidates, scores, strict=True), key=lambda item: -item[1])
-    return ranked
+        out = model(input_ids=torch.tensor([context], device=device), use_cache=True)
+    logprobs = out.logits[0].float().log_softmax(-1)
+    positions = torch.arange(len(prompt) - 1, len(context) - 1)
+    prefix_score = float(logprobs[positions, torch.tensor(shared, dtype=torch.long)].sum())
+    after = logprobs[-1]
+    rests = [t[len(shared) :] for t in tokens]
+    bounds = [
+        prefix_score + float(after[rest[0]] if rest else torch.logsumexp(after[boundary], 0))
+        for rest in rests
+    ]
+    order = sorted(range(len(candidates)), key=lambda i: -bounds[i])
+    scored: dict[int, float] = {}
+    for start in range(0, len(order), chunk):
+        if len(scored) >= depth and bounds[order[start]] < sorted(scored.values())[-depth]:
+            break
+        group = order[start : start + chunk]
+        for index in [i for i in group if not rests[i]]:
+            scored[index] = bounds[index]
+        full = [i for i in group if rests[i]]
+        if full:
+            values = _group_scores(
+                model, out.past_key_values, len(context), after, [rests[i] for i in full], boundary
+            )
+            scored.update({i: prefix_score + v for i, v in zip(full, values, strict=True)})
+    exact = sorted(scored, key=lambda i: -scored[i])
+    rest_order = [i for i in order if i not in scored]
+    return [(candidates[i], scored[i]) for i in exact] + [
+        (candidates[i], bounds[i]) for i in rest_order
+    ]
+
+
+def _common_prefix(rows: Sequence[list[int]]) -> list[int]:
+    """The tokens every row starts with (at most all but the last of the shortest row)."""
+    if not rows:
+        return []
+    shortest = min(len(r) for r in rows)
+    length = 0
+    while length < shortest - 1 and all(r[length] == rows[0][length] for r in rows):
+        length += 1
+    return list(rows[0][:length])
 
 
 def _boundary_tokens(tokenizer: Any) -> list[int]:

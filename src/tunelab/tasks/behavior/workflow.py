@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from tunelab.run_dir import RunDir, write_json
@@ -25,7 +26,7 @@ from tunelab.tasks.behavior.samples import (
 from tunelab.tasks.behavior.scoring import score_predictions
 from tunelab.tasks.behavior.simulate import app_frequencies, plot_hit_rates, simulate_all
 
-RANKING_DEPTH = 50
+RANKING_DEPTH = 10
 SHOWN = (
     "exact",
     "partial",
@@ -171,10 +172,12 @@ def model_predictions(
         for target in targets
     ]
     rankings = []
-    with console.status(f"ranking {len(candidates)} candidate targets for {len(rows)} rows"):
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"ranking {len(candidates)} candidate targets", total=len(rows))
         for prompt in prompts:
-            ranked = rank_candidates(model, tokenizer, prompt, candidates)
+            ranked = rank_candidates(model, tokenizer, prompt, candidates, RANKING_DEPTH)
             rankings.append([key for key, _ in ranked[:RANKING_DEPTH]])
+            progress.advance(task)
     return {
         "answers": answers,
         "rankings": rankings,
@@ -276,21 +279,22 @@ def _cell(value: Any) -> str:
 
 
 def _print_simulation(console: Console, tallies: Sequence[Any], rows: int) -> None:
-    view = Table(
-        title=f"dispatch simulation: hit rate (wasted preloads), {rows} events",
-        title_justify="left",
-    )
-    view.add_column("K", justify="right")
+    capacities = sorted({t.capacity for t in tallies})
     policies = list(dict.fromkeys(t.policy for t in tallies))
-    for policy in policies:
-        view.add_column(policy, justify="right", no_wrap=True)
-    for capacity in sorted({t.capacity for t in tallies}):
-        cells = []
+    for title, value in (
+        ("hit rate %", lambda t: f"{100 * t.hit_rate:.1f}"),
+        ("wasted preloads", lambda t: str(t.wasted)),
+    ):
+        view = Table(
+            title=f"dispatch simulation, {rows} events: {title} by K", title_justify="left"
+        )
+        view.add_column("policy", no_wrap=True)
+        for capacity in capacities:
+            view.add_column(f"K={capacity}", justify="right", no_wrap=True)
         for policy in policies:
-            tally = next(t for t in tallies if t.policy == policy and t.capacity == capacity)
-            cells.append(f"{tally.hit_rate:.3f} ({tally.wasted})")
-        view.add_row(str(capacity), *cells)
-    console.print(view)
+            chosen = {t.capacity: t for t in tallies if t.policy == policy}
+            view.add_row(policy, *(value(chosen[c]) for c in capacities))
+        console.print(view)
 
 
 def _write_predictions(path: Path, rows: Sequence[dict[str, Any]], scored: list[dict]) -> None:
