@@ -60,3 +60,13 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "data: {train: a.jsonl}\ntrain: {epochs: 2}\n"))
     again = load_config(write(tmp_path, dump_config(config)))
     assert again == config
+
+
+def test_classify_gets_its_own_learning_rate_unless_one_is_given() -> None:
+    from tunelab.config import CLASSIFY_LEARNING_RATE, validate_config
+
+    head = validate_config({"task": "classify", "data": {"train": "t.csv"}}, "c")
+    assert head.train.learning_rate == CLASSIFY_LEARNING_RATE
+    chosen = {"task": "classify", "data": {"train": "t.csv"}, "train": {"learning_rate": 5e-5}}
+    assert validate_config(chosen, "c").train.learning_rate == 5e-5
+    assert validate_config({"data": {"train": "t.csv"}}, "c").train.learning_rate == 2e-4
