@@ -257,8 +257,9 @@ def print_comparison(console: Console, results: Sequence[Any]) -> None:
     tuned = next((i for i, r in enumerate(results) if r.name == "fine-tuned"), len(results) - 1)
     others = [i for i in range(len(results)) if i != tuned]
     rows = next(iter(results[tuned].tasks.values()), {}).get("rows", 0)
+    per_task = list(results[tuned].tasks) != ["all"]  # a single-task set needs no task column
     table = Table(title=f"evaluation ({rows} rows)", title_justify="left")
-    for column in ("task", "metric", *(r.name for r in results)):
+    for column in (*(["task"] if per_task else []), "metric", *(r.name for r in results)):
         table.add_column(
             column, justify="left" if column in ("task", "metric") else "right", no_wrap=True
         )
@@ -274,7 +275,7 @@ def print_comparison(console: Console, results: Sequence[Any]) -> None:
                 else "-"
                 for i in others
             ]
-            table.add_row(task, metric, *cells, *gaps)
+            table.add_row(*([task] if per_task else []), metric, *cells, *gaps)
     console.print(table)
 
 
