@@ -122,7 +122,14 @@ def main() -> None:
             rows.append(
                 json.loads(line[-1])
                 if line
-                else {"variant": variant, "labels": labels_kind, "error": done.stderr[-300:]}
+                else {
+                    "variant": variant,
+                    "labels": labels_kind,
+                    # -9 is the kernel's OOM killer: the variant needs more than this machine has
+                    "error": f"exit {done.returncode}"
+                    + (" (killed: out of memory)" if done.returncode == -9 else "")
+                    + f"; {done.stderr[-200:]}",
+                }
             )
             print(rows[-1], flush=True)
     print("| labels | loss | tokens/s | peak RSS MB | step peak above model MB | loss value |")
