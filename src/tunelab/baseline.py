@@ -12,29 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.metrics import classification_report, has_cjk
+from tunelab.evaluate import EvalResult
+from tunelab.metrics import has_cjk, label_task_metrics
 
 
 @dataclass
-class BaselineResult:
-    """The baseline's scores in the same shape as a model's evaluation."""
+class BaselineResult(EvalResult):
+    """The baseline's scores in the same shape as a model's evaluation, and its fit time."""
 
-    name: str
-    metric: str
-    score: float
-    tasks: dict[str, dict[str, Any]]
-    rows: list[dict[str, Any]]
-    seconds: float
+    seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """Everything but the rows (metrics.json)."""
-        return {
-            "name": self.name,
-            "metric": self.metric,
-            "score": self.score,
-            "tasks": self.tasks,
-            "seconds": self.seconds,
-        }
+        return {**super().summary(), "seconds": self.seconds}
 
 
 def fit_and_score(
@@ -61,7 +51,6 @@ def fit_and_score(
     model.fit(list(train_texts), list(train_labels))
     predicted = list(model.predict(list(eval_texts))) if eval_texts else []
     seconds = round(time.perf_counter() - started, 2)
-    report = classification_report(predicted, list(eval_labels), list(labels))
     rows = [
         {
             "input": text,
@@ -71,26 +60,9 @@ def fit_and_score(
         }
         for text, ref, guess in zip(eval_texts, eval_labels, predicted, strict=True)
     ]
-    macro_f1 = round(report.get("macro", {}).get("f1", 0.0), 4)
-    accuracy = round(report["accuracy"], 4)
-    headline = macro_f1 if metric == "macro_f1" else accuracy
-    task = {
-        "rows": len(rows),
-        "status": {
-            "correct": sum(r["status"] == "correct" for r in rows),
-            "partial": 0,
-            "wrong": sum(r["status"] == "wrong" for r in rows),
-            "invalid": 0,
-        },
-        "invalid_rate": 0.0,
-        "classification": report,
-        "accuracy": accuracy,
-        "macro_f1": macro_f1,
-        "headline_metric": metric,
-        "headline": headline,
-    }
+    task = label_task_metrics(predicted, eval_labels, labels, metric)
     task["method"] = f"TF-IDF {'character 1-3' if chinese else 'word 1-2'}-grams + LR"
-    return BaselineResult("TF-IDF+LR", metric, headline, {"all": task}, rows, seconds)
+    return BaselineResult("TF-IDF+LR", metric, task["headline"], {"all": task}, rows, seconds)
 
 
 LABEL_METRICS = ("accuracy", "macro_f1")

@@ -140,6 +140,31 @@ def classification_report(
     return report
 
 
+def label_task_metrics(
+    predicted: Sequence[str], references: Sequence[str], labels: Sequence[str], headline: str
+) -> dict[str, Any]:
+    """The per-task metrics of a closed label set, where every answer is a valid label: row
+    statuses, the scikit-learn report, accuracy, macro-F1 and the headline among them."""
+    report = classification_report(list(predicted), list(references), list(labels))
+    correct = sum(p == r for p, r in zip(predicted, references, strict=True))
+    metrics: dict[str, Any] = {
+        "rows": len(references),
+        "status": {
+            "correct": correct,
+            "partial": 0,
+            "wrong": len(references) - correct,
+            "invalid": 0,
+        },
+        "invalid_rate": 0.0,
+        "classification": report,
+        "accuracy": round(report["accuracy"], 4),
+        "macro_f1": round(report.get("macro", {}).get("f1", 0.0), 4),
+        "headline_metric": headline,
+    }
+    metrics["headline"] = metrics[headline]
+    return metrics
+
+
 def has_cjk(text: str) -> bool:
     """Whether the text holds Chinese characters.
 

@@ -129,7 +129,7 @@ def plot_eval(
                 notes.append(NO_CJK_FONT)
         plot_confusion(
             confusion,
-            folder / f"confusion_{_slug(task)}.png",
+            folder / f"confusion_{slug(task)}.png",
             f"{result.name}: {task}",
             font,
             needs_cjk and font is None,
@@ -290,5 +290,6 @@ def _metric_value(result: Any, task: str, metric: str, headline: str) -> float |
     return float(value) if isinstance(value, int | float) else None
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A name usable in a file name."""
     return "".join(c if c.isalnum() else "_" for c in text) or "task"

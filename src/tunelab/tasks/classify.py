@@ -298,7 +298,7 @@ def evaluate_classifier(
     """Accuracy, P/R/F1 and the confusion matrix on a split; a row per text with its
     predicted label and probability."""
     from tunelab.evaluate import EvalResult
-    from tunelab.metrics import classification_report
+    from tunelab.metrics import label_task_metrics
 
     was_training = model.training
     model.eval()
@@ -306,7 +306,6 @@ def evaluate_classifier(
     model.train(was_training)
     predicted = [labels[i] for i in probabilities.argmax(-1).tolist()] if len(split.samples) else []
     references = [labels[s.label_id] for s in split.samples]
-    report = classification_report(predicted, references, labels)
     rows = [
         {
             "source": str(text.source),
@@ -321,23 +320,5 @@ def evaluate_classifier(
             split.texts, references, predicted, probabilities, strict=True
         )
     ]
-    metrics = {
-        "rows": len(rows),
-        "status": {
-            "correct": sum(r["status"] == "correct" for r in rows),
-            "partial": 0,
-            "wrong": sum(r["status"] == "wrong" for r in rows),
-            "invalid": 0,
-        },
-        "invalid_rate": 0.0,
-        "classification": report,
-        "accuracy": round(report["accuracy"], 4),
-        "macro_f1": round(report.get("macro", {}).get("f1", 0.0), 4),
-    }
-    return EvalResult(
-        name,
-        "macro_f1",
-        metrics["macro_f1"],
-        {"all": {**metrics, "headline_metric": "macro_f1", "headline": metrics["macro_f1"]}},
-        rows,
-    )
+    metrics = label_task_metrics(predicted, references, labels, "macro_f1")
+    return EvalResult(name, "macro_f1", metrics["headline"], {"all": metrics}, rows)

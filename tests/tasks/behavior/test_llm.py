@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.data.encode import encode_prompt
-from tunelab.tasks.behavior.llm import event_grammar, rank_candidates
+from tunelab.generate import rank_candidates
+from tunelab.tasks.behavior.llm import boundary_tokens, event_grammar
 
 
 def test_pruned_ranking_matches_scoring_every_candidate(qwen3_dir: Path, qwen3_tok) -> None:
@@ -17,8 +18,11 @@ def test_pruned_ranking_matches_scoring_every_candidate(qwen3_dir: Path, qwen3_t
     targets = ["LAX", "LAS", "ORD", "ATL", "BOS", "SFO", "SEA", "MIA", "DFW", "DEN", "IAH", "MSP"]
     candidates = [f"depart | {t}" for t in targets] + ["启动应用 | QQ.exe"]
     prompt = encode_prompt(qwen3_tok, [{"role": "user", "content": "next event?"}])
-    every = rank_candidates(model, qwen3_tok, prompt, candidates, depth=len(candidates), chunk=4)
-    pruned = rank_candidates(model, qwen3_tok, prompt, candidates, depth=3, chunk=2)
+    boundary = boundary_tokens(qwen3_tok)
+    every = rank_candidates(
+        model, qwen3_tok, prompt, candidates, boundary, depth=len(candidates), chunk=4
+    )
+    pruned = rank_candidates(model, qwen3_tok, prompt, candidates, boundary, depth=3, chunk=2)
     assert [c for c, _ in pruned[:3]] == [c for c, _ in every[:3]]
     for (name, score), (same, exact) in zip(pruned[:3], every[:3], strict=True):
         assert name == same and abs(score - exact) < 1e-4

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from tunelab.report import slug
 from tunelab.run_dir import RunDir, write_json
 from tunelab.tasks.behavior.baselines import baselines, ranked_apps, ranked_keys
 from tunelab.tasks.behavior.events import EventColumns, EventLog, fetch_activitywatch, read_events
@@ -85,14 +86,14 @@ def build(log: EventLog, options: BuildOptions, output: Path, console: Console) 
     return record
 
 
-def data_folder(run_root: Path) -> Path:
-    """The sample folder a behaviour run trained on (the folder of its training file)."""
+def data_folder(run_root: Path) -> tuple[Path, dict[str, Any]]:
+    """The sample folder a behaviour run trained on (the folder of its training file) and
+    its build record."""
     from tunelab.config import load_config
 
     config = load_config(RunDir(run_root).config)
     folder = Path(config.data.train[0]).parent
-    read_build(folder)
-    return folder
+    return folder, read_build(folder)
 
 
 def evaluate_run(
@@ -104,8 +105,7 @@ def evaluate_run(
     checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """`tunelab behavior eval`: the model and the three baselines on the same held-out rows."""
-    folder = data_folder(run_root)
-    record = read_build(folder)
+    folder, record = data_folder(run_root)
     rows = read_split(folder, split)[:max_rows]
     train_rows = read_split(folder, "train")
     actions = sorted(record["vocabulary"]["actions"])
@@ -124,7 +124,7 @@ def evaluate_run(
             references, predicted["answers"], actions, predicted["rankings"]
         )
         table[name] = metrics
-        _write_predictions(out / f"predictions-{_slug(name)}.csv", rows, scored)
+        _write_predictions(out / f"predictions-{slug(name)}.csv", rows, scored)
     _write_rankings(out / "rankings.jsonl", rows, results["model"]["rankings"])
     summary = {
         "split": split,
@@ -148,16 +148,18 @@ def model_predictions(
     console: Console,
 ) -> dict[str, Any]:
     """The fine-tuned model's answers (grammar-constrained if asked) and ranked targets."""
+    from tunelab.generate import rank_candidates
     from tunelab.models import load_for_inference
     from tunelab.tasks.behavior.llm import (
+        boundary_tokens,
         event_grammar,
         predict_events,
         prompt_ids,
-        rank_candidates,
     )
 
     started = time.perf_counter()
     model, tokenizer, _ = load_for_inference(run_root, checkpoint)
+    boundary = boundary_tokens(tokenizer)
     prompts = prompt_ids(tokenizer, rows)
     grammar = (
         event_grammar(record["vocabulary"], record["options"]["predict_time"])
@@ -175,7 +177,7 @@ def model_predictions(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"ranking {len(candidates)} candidate targets", total=len(rows))
         for prompt in prompts:
-            ranked = rank_candidates(model, tokenizer, prompt, candidates, RANKING_DEPTH)
+            ranked = rank_candidates(model, tokenizer, prompt, candidates, boundary, RANKING_DEPTH)
             rankings.append([key for key, _ in ranked[:RANKING_DEPTH]])
             progress.advance(task)
     return {
@@ -195,8 +197,7 @@ def simulate_run(
     """`tunelab behavior simulate`: dispatch policies over the held-out events."""
     from tunelab.tasks.behavior.samples import SPLITS
 
-    folder = data_folder(run_root)
-    record = read_build(folder)
+    folder, record = data_folder(run_root)
     train_rows = read_split(folder, "train")
     if logs:
         options = _options_of(record)
@@ -208,7 +209,8 @@ def simulate_run(
     apps = record["vocabulary"]["apps"]
     model = _model_rankings(run_root, rows, record, console)
     rankings = {"fine-tuned model": [ranked_apps(keys, apps) for keys in model]}
-    for predictor in baselines(train_rows)[1:]:
+    # most-frequent needs no ranking per event: the simulation's own policy covers it
+    for predictor in [p for p in baselines(train_rows) if p.order > 1]:
         rankings[predictor.name] = [
             ranked_apps(ranked_keys(predictor.rank(r["recent"], limit=100)), apps) for r in rows
         ]
@@ -227,7 +229,7 @@ def _model_rankings(
 ) -> list[list[str]]:
     """Ranked keys per row, reusing `behavior eval`'s rankings for rows it already scored."""
     cached: dict[tuple[str, str, str], list[str]] = {}
-    for split_dir in RunDir(run_root).eval_dir("x").parent.glob("behavior-*"):
+    for split_dir in (RunDir(run_root).root / "eval").glob("behavior-*"):
         path = split_dir / "rankings.jsonl"
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -316,7 +318,3 @@ def _write_rankings(path: Path, rows: Sequence[dict[str, Any]], rankings: list[l
                 "ranking": ranking,
             }
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
