@@ -102,19 +102,10 @@ def baseline_for(config: RunConfig, eval_rows: Path | None = None) -> Any:
     from tunelab.baseline import classify_baseline, is_label_task, sft_baseline
 
     if config.task == "classify":
-        from tunelab.tasks.classify import label_names, read_labelled, resolve_labels
+        from tunelab.tasks.classify import read_splits
 
-        train, _ = read_labelled(config.data.train, config.data)
-        labels = label_names(train, config.data.labels)
-        train, _ = resolve_labels(train, labels)
-        if eval_rows is not None or config.data.val:
-            val, _ = read_labelled([eval_rows] if eval_rows else config.data.val, config.data)
-        else:
-            train, val = split_holdout(
-                train, config.data.val_fraction, config.data.split_seed, config.data.val_max_rows
-            )
-        val, _ = resolve_labels(val, labels)
-        return classify_baseline(config.eval.metric, train, val, labels)
+        splits = read_splits(config.data, [eval_rows] if eval_rows else None)
+        return classify_baseline(config.eval.metric, splits.train, splits.val, splits.labels)
     if not is_label_task(config.eval):
         raise TunelabError(
             "the classic baseline is for label tasks: set eval.metric to accuracy or macro_f1, "

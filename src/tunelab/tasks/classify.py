@@ -135,23 +135,45 @@ class PreparedClasses:
         return self.train.rejects + self.val.rejects
 
 
-def prepare_classify(data: DataConfig, tokenizer: Any) -> PreparedClasses:
-    """Read, validate, split and encode a classification table."""
+@dataclass
+class LabelledSplits:
+    """Train and val texts with resolved labels, before any tokenizer sees them."""
+
+    train: list[LabelledText]
+    val: list[LabelledText]
+    labels: list[str]
+    train_rejects: list[Reject]
+    val_rejects: list[Reject]
+    origin: dict[str, Any]
+
+
+def read_splits(data: DataConfig, val_files: Sequence[Path] | None = None) -> LabelledSplits:
+    """Read and label-check the train table and the val table (`val_files`, else `data.val`,
+    else a seeded split of train)."""
     train_texts, train_rejects = read_labelled(data.train, data)
     labels = label_names(train_texts, data.labels)
     train_texts, unknown = resolve_labels(train_texts, labels)
     train_rejects += unknown
-    if data.val:
-        val_texts, val_rejects = read_labelled(data.val, data)
+    val_files = list(val_files or data.val)
+    if val_files:
+        val_texts, val_rejects = read_labelled(val_files, data)
         val_texts, unknown = resolve_labels(val_texts, labels)
         val_rejects += unknown
-        origin: dict[str, Any] = {"from": "files", "files": [str(p) for p in data.val]}
+        origin: dict[str, Any] = {"from": "files", "files": [str(p) for p in val_files]}
     else:
         train_texts, val_texts = split_holdout(
             train_texts, data.val_fraction, data.split_seed, data.val_max_rows
         )
         val_rejects = []
         origin = {"from": "split of train", "seed": data.split_seed, "fraction": data.val_fraction}
+    return LabelledSplits(train_texts, val_texts, labels, train_rejects, val_rejects, origin)
+
+
+def prepare_classify(data: DataConfig, tokenizer: Any) -> PreparedClasses:
+    """Read, validate, split and encode a classification table."""
+    splits = read_splits(data)
+    train_texts, val_texts, labels = splits.train, splits.val, splits.labels
+    train_rejects, val_rejects, origin = splits.train_rejects, splits.val_rejects, splits.origin
     check_strict(train_rejects + val_rejects, data.strict)
     if len(labels) < 2:
         raise TunelabError(f"classification needs at least 2 labels; found {labels}")
