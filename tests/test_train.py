@@ -206,3 +206,22 @@ def test_existing_run_is_not_overwritten_by_accident(qwen3_dir, write_jsonl, tmp
     with pytest.raises(TunelabError, match="already holds a run; add --resume"):
         train(validate_config(raw, "test"))
     train(validate_config(raw, "test"), overwrite=True)
+
+
+def test_gradient_checkpointing_recomputes_the_same_dropout_masks(qwen3_dir, tmp_path) -> None:
+    from tunelab.train import build_model
+
+    raw = tiny_config(qwen3_dir, tmp_path / "unused.jsonl", tmp_path, gradient_checkpointing=True)
+    model = build_model(qwen3_dir, validate_config(raw, "test")).train()
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (True, False):
+        if not checkpointing:
+            model.get_base_model().gradient_checkpointing_disable()
+        model.zero_grad()
+        torch.manual_seed(5)
+        model(input_ids=ids).logits.pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for with_checkpointing, without in zip(*grads, strict=True):
+        torch.testing.assert_close(with_checkpointing, without)

@@ -97,7 +97,7 @@ class TrainConfig(Section):
     batch_size: int = Field(8, ge=1, description="Samples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     forward_tokens: int = Field(
-        1024,
+        768,
         ge=64,
         description="Most padded tokens in one forward pass. A step's batch_size x grad_accum "
         "samples go through the model in as few passes as fit; lower it if memory runs out. "

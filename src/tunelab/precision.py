@@ -76,6 +76,15 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
     return converted
 
 
+def cpu_training_kernels(model: nn.Module, precision: str) -> None:
+    """The CPU training path: bf16 frozen matmuls when asked, and the fused LoRA layers."""
+    from tunelab import kernels
+
+    if precision == "bf16":
+        bf16_frozen_matmuls(model)
+    kernels.install(model)
+
+
 def _inputs_to_bf16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (args[0].to(torch.bfloat16), *args[1:])
 

@@ -30,13 +30,14 @@ from tunelab.loop import (
     run_loop,
 )
 from tunelab.models import (
+    FastDropout,
     attach_lora,
     load_causal_lm,
     load_classifier,
     load_tokenizer,
     resolve_model,
 )
-from tunelab.precision import base_dtype, bf16_frozen_matmuls, resolve_precision
+from tunelab.precision import base_dtype, cpu_training_kernels, resolve_precision
 from tunelab.report import print_data_report, write_eval
 from tunelab.run_dir import RunDir, write_json
 from tunelab.tasks.classify import (
@@ -118,8 +119,12 @@ def build_model(model_dir: Path, config: RunConfig) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model = attach_lora(model, config.lora)
-    if precision == "bf16" and not torch.cuda.is_available():
-        bf16_frozen_matmuls(model)
+    if config.train.gradient_checkpointing:
+        for module in model.modules():
+            if isinstance(module, FastDropout):
+                module.recomputable = True
+    if not torch.cuda.is_available():
+        cpu_training_kernels(model, precision)
     return model
 
 
@@ -198,8 +203,8 @@ def train_classifier(
     pad_id = tokenizer.pad_token_id
     model = load_classifier(model_dir, config.model, data.labels, pad_id, base_dtype(precision))
     model = attach_lora(model, config.lora, "SEQ_CLS", HEAD_MODULES)
-    if precision == "bf16" and not torch.cuda.is_available():
-        bf16_frozen_matmuls(model)
+    if not torch.cuda.is_available():
+        cpu_training_kernels(model, precision)
     batcher = class_batcher(pad_id, config.train.forward_tokens)
     loss = ClassifierLoss(model, class_weights(config, data.labels, data.train))
     samples = (data.train.samples, data.val.samples)

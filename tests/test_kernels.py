@@ -1,0 +1,97 @@
+"""The fused LoRA linear and the lean SwiGLU compute what PEFT and autograd compute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from tunelab import kernels
+from tunelab.config import LoraConfig
+from tunelab.models import attach_lora
+from tunelab.precision import bf16_frozen_matmuls
+
+
+def _tiny_lora_model(fused: bool, bf16: bool = False, dropout: float = 0.1) -> Any:
+    config = Qwen3Config(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    torch.manual_seed(0)
+    model = attach_lora(Qwen3ForCausalLM(config), LoraConfig(r=4, dropout=dropout))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # non-zero, so the adapter's path carries a gradient to lora_A
+            torch.nn.init.normal_(param, std=0.1)
+    if bf16:
+        bf16_frozen_matmuls(model)
+    if fused:
+        assert kernels.install(model) == 2 * 7 + 2  # seven LoRA layers and one MLP per layer
+    return model.train()
+
+
+def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    np.random.seed(3)  # LoRA dropout masks come from numpy's generator, in layer order
+    logits = model(input_ids=ids).logits
+    logits.pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return logits, grads
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-frozen-weights"])
+def test_fused_lora_matches_peft_outputs_and_gradients(bf16: bool) -> None:
+    ids = torch.randint(0, 300, (2, 11), generator=torch.Generator().manual_seed(1))
+    reference_logits, reference = _loss_and_grads(_tiny_lora_model(False, bf16), ids)
+    logits, grads = _loss_and_grads(_tiny_lora_model(True, bf16), ids)
+    tolerance = {"rtol": 2e-2, "atol": 1e-3} if bf16 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(logits, reference_logits, **tolerance)
+    assert grads.keys() == reference.keys() and len(grads) == 2 * 7 * 2
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        torch.testing.assert_close(grad, reference[name], **tolerance, msg=name)
+
+
+def test_fused_path_keeps_less_for_backward() -> None:
+    ids = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(2))
+    saved = {}
+    for fused in (False, True):
+        model = _tiny_lora_model(fused, bf16=True)
+        storages: dict[int, int] = {}
+
+        def keep(tensor: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
+            if not isinstance(tensor, torch.nn.Parameter):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model(input_ids=ids).logits.sum()
+        saved[fused] = sum(storages.values())
+    assert saved[True] < 0.8 * saved[False]
+
+
+def test_without_gradients_and_with_the_adapter_off_the_layers_behave_as_peft() -> None:
+    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(4))
+    plain, fused = _tiny_lora_model(False).eval(), _tiny_lora_model(True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits)
+        with fused.disable_adapter(), plain.disable_adapter():
+            off = fused(input_ids=ids).logits
+            torch.testing.assert_close(off, plain(input_ids=ids).logits)
+        assert not torch.allclose(off, fused(input_ids=ids).logits)
+
+
+def test_swiglu_gradients_match_autograd() -> None:
+    gate = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(kernels.SwiGLUFunction.apply, (gate, up))
+    torch.testing.assert_close(
+        kernels.SwiGLUFunction.apply(gate, up), torch.nn.functional.silu(gate) * up
+    )
