@@ -1,5 +1,6 @@
 """The SFT loss: packing and logits-only-where-labelled change speed, never the numbers."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
@@ -47,16 +48,35 @@ def test_packed_loss_equals_the_unpacked_loss(qwen3_dir, qwen3_tok) -> None:
     )
 
 
-def test_chunked_head_loss_gives_the_same_loss_and_gradients() -> None:
+@pytest.mark.parametrize("bias", [False, True], ids=["gradient-in-forward", "autograd"])
+def test_chunked_head_loss_gives_the_same_loss_and_gradients(bias: bool) -> None:
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 1000, bias=False)
+    head = torch.nn.Linear(16, 1000, bias=bias)
     hidden = torch.randn(50, 16, requires_grad=True)
     targets = torch.randint(0, 1000, (50,))
     plain = F.cross_entropy(head(hidden), targets, reduction="sum")
-    grad_plain = torch.autograd.grad(plain, [hidden, head.weight])
+    grad_plain = torch.autograd.grad(2.5 * plain, [hidden, head.weight])
     chunked, count = chunked_cross_entropy(hidden, targets, head, chunk=7)
-    grad_chunked = torch.autograd.grad(chunked, [hidden, head.weight])
+    grad_chunked = torch.autograd.grad(2.5 * chunked, [hidden, head.weight])
     assert count.item() == 50
     torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-5)
     for a, b in zip(grad_plain, grad_chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_cross_entropy(hidden, targets, head, 7)[0], plain)
+
+
+def test_the_loss_keeps_no_logits_for_backward() -> None:
+    head = torch.nn.Linear(8, 20_000, bias=False).requires_grad_(False)
+    hidden = torch.randn(300, 8, requires_grad=True)
+    targets = torch.randint(0, 20_000, (300,))
+    kept: list[int] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        kept.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        chunked_cross_entropy(hidden, targets, head, chunk=50)[0].backward()
+    # the gradient for hidden is all it keeps: 300 x 8, not 300 x 20,000 logits
+    assert max(kept) == hidden.numel()
