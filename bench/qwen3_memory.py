@@ -2,8 +2,10 @@
 
 Compares the plain loss (`model(input_ids, labels=...)`: logits for every position over the
 151,936-entry vocabulary, upcast to fp32) with tunelab's loss (LM head only where a label
-exists, chunked, logits recomputed in backward). Each variant runs in its own process so
-its peak RSS is its own. Labels: `answers` marks the last 64 tokens of each row (long
+exists, in chunks whose gradient is made as they are computed). Both variants train the
+same model, built as tunelab builds it on a CPU (fused LoRA layers; `--peft-layers` for
+PEFT's own), so only the loss differs. Each variant runs in its own process so its peak
+RSS is its own. Labels: `answers` marks the last 64 tokens of each row (long
 prompt, short answer), `all` marks every token (plain language modelling).
 
     python -m bench.qwen3_memory            # both variants, both label layouts, a table
@@ -40,11 +42,18 @@ def qwen3_06b_config():
     )
 
 
-def one_variant(variant: str, labels_kind: str, steps: int, checkpointing: bool = False) -> dict:
-    """Build the model, take ``steps`` training steps, report time and peak RSS."""
+def one_variant(
+    variant: str, labels_kind: str, steps: int, checkpointing: bool = False, kernels: bool = True
+) -> dict:
+    """Build the model, take ``steps`` training steps, report time and peak RSS.
+
+    ``kernels``: the model as tunelab trains it on a CPU (fused LoRA layers, lean SwiGLU),
+    for both variants alike, so that only the loss differs between them.
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
 
+    from tunelab import kernels as training_kernels
     from tunelab.data.batching import Batch
     from tunelab.tasks.sft import CausalLMLoss
 
@@ -56,6 +65,8 @@ def one_variant(variant: str, labels_kind: str, steps: int, checkpointing: bool 
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     )
+    if kernels:
+        training_kernels.install(model)
     ids = torch.randint(0, 151_643, (ROWS, WIDTH))
     labels = ids.clone()
     if labels_kind == "answers":
@@ -79,6 +90,7 @@ def one_variant(variant: str, labels_kind: str, steps: int, checkpointing: bool 
     return {
         "variant": variant,
         "labels": labels_kind,
+        "kernels": kernels,
         "loss": loss.item(),
         "seconds_per_step": min(seconds),
         "tokens_per_s": ROWS * WIDTH / min(seconds),
@@ -94,13 +106,19 @@ def main() -> None:
     parser.add_argument("--labels", choices=["answers", "all"], default="answers")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--peft-layers", action="store_true", help="PEFT's own LoRA forward, not tunelab's fused one"
+    )
     args = parser.parse_args()
     if args.variant:
-        print(
-            json.dumps(
-                one_variant(args.variant, args.labels, args.steps, args.gradient_checkpointing)
-            )
+        result = one_variant(
+            args.variant,
+            args.labels,
+            args.steps,
+            args.gradient_checkpointing,
+            kernels=not args.peft_layers,
         )
+        print(json.dumps(result))
         return
     rows = []
     for labels_kind in ("answers", "all"):
@@ -116,6 +134,7 @@ def main() -> None:
                 "--steps",
                 str(args.steps),
                 *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
+                *(["--peft-layers"] if args.peft_layers else []),
             ]
             done = subprocess.run(command, capture_output=True, text=True)
             line = [x for x in done.stdout.splitlines() if x.startswith("{")]

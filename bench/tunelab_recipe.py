@@ -96,6 +96,7 @@ def main() -> None:
                 "padded_tokens": sum(r["padded_tokens"] for r in records if "padded_tokens" in r),
                 "seconds": seconds,
                 "losses": [r["loss"] for r in records if "loss" in r],
+                "step_seconds": [r["seconds"] for r in records if "seconds" in r],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
