@@ -107,7 +107,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument(
-        "--peft-layers", action="store_true", help="PEFT's own LoRA forward, not tunelab's fused one"
+        "--peft-layers",
+        action="store_true",
+        help="PEFT's own LoRA forward, not tunelab's fused one",
     )
     args = parser.parse_args()
     if args.variant:

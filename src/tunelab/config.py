@@ -122,8 +122,8 @@ class TrainConfig(Section):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the model step. On a 2-core CPU it cost ~3 minutes of "
-        "compilation for no steady-state gain (bench/README.md); try it on a GPU.",
+        description="torch.compile the loss module. Off by default: compiling costs minutes "
+        "on a small CPU; measure it on your machine with `python -m bench.options` first.",
     )
     log_every: int = Field(1, ge=1, description="Steps between lines in metrics.jsonl.")
     eval_every: int | None = Field(None, ge=1, description="Steps between eval-loss passes.")
