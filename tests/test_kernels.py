@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from tunelab import kernels
 from tunelab.config import LoraConfig
@@ -15,18 +16,10 @@ from tunelab.models import attach_lora
 from tunelab.precision import bf16_frozen_matmuls
 
 
-def _tiny_lora_model(fused: bool, bf16: bool = False, dropout: float = 0.1) -> Any:
-    config = Qwen3Config(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
+def _tiny_lora_model(model_dir: Path, fused: bool, bf16: bool = False) -> Any:
     torch.manual_seed(0)
-    model = attach_lora(Qwen3ForCausalLM(config), LoraConfig(r=4, dropout=dropout))
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = attach_lora(model, LoraConfig(r=4, dropout=0.1))
     for name, param in model.named_parameters():
         if "lora_B" in name:  # non-zero, so the adapter's path carries a gradient to lora_A
             torch.nn.init.normal_(param, std=0.1)
@@ -46,10 +39,10 @@ def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, dict[s
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-frozen-weights"])
-def test_fused_lora_matches_peft_outputs_and_gradients(bf16: bool) -> None:
-    ids = torch.randint(0, 300, (2, 11), generator=torch.Generator().manual_seed(1))
-    reference_logits, reference = _loss_and_grads(_tiny_lora_model(False, bf16), ids)
-    logits, grads = _loss_and_grads(_tiny_lora_model(True, bf16), ids)
+def test_fused_lora_matches_peft_outputs_and_gradients(qwen3_dir: Path, bf16: bool) -> None:
+    ids = torch.randint(0, 151_000, (2, 11), generator=torch.Generator().manual_seed(1))
+    reference_logits, reference = _loss_and_grads(_tiny_lora_model(qwen3_dir, False, bf16), ids)
+    logits, grads = _loss_and_grads(_tiny_lora_model(qwen3_dir, True, bf16), ids)
     tolerance = {"rtol": 2e-2, "atol": 1e-3} if bf16 else {"rtol": 1e-5, "atol": 1e-6}
     torch.testing.assert_close(logits, reference_logits, **tolerance)
     assert grads.keys() == reference.keys() and len(grads) == 2 * 7 * 2
@@ -58,16 +51,17 @@ def test_fused_lora_matches_peft_outputs_and_gradients(bf16: bool) -> None:
         torch.testing.assert_close(grad, reference[name], **tolerance, msg=name)
 
 
-def test_fused_path_keeps_less_for_backward() -> None:
-    ids = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(2))
+def test_fused_path_keeps_less_for_backward(qwen3_dir: Path) -> None:
+    ids = torch.randint(0, 151_000, (4, 32), generator=torch.Generator().manual_seed(2))
     saved = {}
     for fused in (False, True):
-        model = _tiny_lora_model(fused, bf16=True)
+        model = _tiny_lora_model(qwen3_dir, fused, bf16=True)
         storages: dict[int, int] = {}
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
-        def keep(tensor: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
-            if not isinstance(tensor, torch.nn.Parameter):
-                storage = tensor.untyped_storage()
+        def keep(tensor: torch.Tensor, storages: dict = storages, weights: set = weights) -> Any:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:  # activations only, not (views of) weights
                 storages[storage.data_ptr()] = storage.nbytes()
             return tensor
 
@@ -77,9 +71,12 @@ def test_fused_path_keeps_less_for_backward() -> None:
     assert saved[True] < 0.8 * saved[False]
 
 
-def test_without_gradients_and_with_the_adapter_off_the_layers_behave_as_peft() -> None:
-    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(4))
-    plain, fused = _tiny_lora_model(False).eval(), _tiny_lora_model(True).eval()
+def test_without_gradients_and_with_the_adapter_off_the_layers_behave_as_peft(
+    qwen3_dir: Path,
+) -> None:
+    ids = torch.randint(0, 151_000, (1, 9), generator=torch.Generator().manual_seed(4))
+    plain = _tiny_lora_model(qwen3_dir, False).eval()
+    fused = _tiny_lora_model(qwen3_dir, True).eval()
     with torch.no_grad():
         torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits)
         with fused.disable_adapter(), plain.disable_adapter():

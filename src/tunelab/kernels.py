@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunelab.models import FastDropout
+
 
 class LoraLinearFunction(torch.autograd.Function):
     """``x W^T (+ bias) + scaling * (dropout(x) A^T) B^T`` with W frozen."""
@@ -118,13 +120,8 @@ class _LowPrecisionInputs:
     def get(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if x.dtype == dtype:
             return x.detach()
-        if (
-            self.source is not None
-            and self.source() is x
-            and self.version == x._version
-            and self.cast is not None
-            and self.cast.dtype == dtype
-        ):
+        fresh = self.source is not None and self.source() is x and self.version == x._version
+        if fresh and self.cast is not None and self.cast.dtype == dtype:
             return self.cast
         self.source, self.version = weakref.ref(x), x._version
         self.cast = x.detach().to(dtype)
@@ -134,25 +131,23 @@ class _LowPrecisionInputs:
 def _fast_forward(layer: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT's forward for the cases this file does not cover; the fused path otherwise."""
     adapters = [name for name in layer.active_adapters if name in layer.lora_A]
+    base = layer.get_base_layer()
+    dropout = layer.lora_dropout[adapters[0]] if len(adapters) == 1 else None
     plain = (
         not args
         and not kwargs
         and not layer.disable_adapters
         and not layer.merged
-        and len(adapters) == 1
+        and isinstance(dropout, FastDropout | nn.Identity)
         and adapters[0] not in getattr(layer, "lora_variant", {})
         and torch.is_grad_enabled()
-        and not layer.get_base_layer().weight.requires_grad
+        and not base.weight.requires_grad
     )
     if not plain:
         return layer._peft_forward(x, *args, **kwargs)
     name = adapters[0]
-    base = layer.get_base_layer()
-    dropout = layer.lora_dropout[name]
-    probability = getattr(dropout, "p", 0.0) if layer.training else 0.0
-    keep = None
-    if probability > 0:
-        keep = _keep_mask(dropout, x, probability)
+    probability = dropout.p if isinstance(dropout, FastDropout) and layer.training else 0.0
+    keep = dropout.keep_mask(x) if probability > 0 else None
     x_low = layer._tunelab_inputs.get(x, base.weight.dtype)
     return LoraLinearFunction.apply(
         x,
@@ -167,19 +162,12 @@ def _fast_forward(layer: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
     )
 
 
-def _keep_mask(dropout: nn.Module, x: torch.Tensor, probability: float) -> torch.Tensor:
-    from tunelab.models import FastDropout
-
-    if isinstance(dropout, FastDropout):
-        return dropout.keep_mask(x)
-    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - probability)
-
-
 def install(model: nn.Module) -> int:
     """Give every PEFT LoRA ``Linear`` the fused forward, every SwiGLU MLP the lean one.
 
     LoRA layers outside the plain case (several or merged adapters, DoRA and other
-    variants) and every layer without gradients keep their own forward. Returns how many
+    variants, a dropout tunelab did not put there) and every layer without gradients keep
+    their own forward. Returns how many
     modules were changed.
     """
     from peft.tuners.lora import Linear as LoraLinear

@@ -159,9 +159,11 @@ def attach_lora(
         task_type=task_type,
         modules_to_save=modules_to_save,
     )
+    # read before wrapping: a checkpointed model needs masks it can draw again
+    checkpointing = getattr(model, "is_activation_checkpointing", False)
     wrapped = get_peft_model(model, peft_config)
     if lora.dropout > 0:
-        _use_fast_dropout(wrapped)
+        _use_fast_dropout(wrapped, recomputable=checkpointing)
     return wrapped
 
 
@@ -177,10 +179,10 @@ class FastDropout(nn.Module):
     state checkpointing restores, so a recomputed layer drops the same elements.
     """
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, recomputable: bool = False) -> None:
         super().__init__()
         self.p = p
-        self.recomputable = False
+        self.recomputable = recomputable
         self.threshold = round(p * 65536)
         self.scale = 1.0 / (1.0 - p)
 
@@ -188,25 +190,28 @@ class FastDropout(nn.Module):
         """Zero each element with probability p, scale the rest by 1 / (1 - p)."""
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu" or self.recomputable:
+        if self._torch_generator(x):
             return nn.functional.dropout(x, self.p, training=True)
         return torch.mul(x, self.keep_mask(x)).mul_(self.scale)
 
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
         """A boolean mask shaped like ``x``: True (kept) with probability 1 - p."""
-        if x.device.type != "cpu" or self.recomputable:
+        if self._torch_generator(x):
             return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - self.p)
         draws = np.random.randint(0, 1 << 16, size=tuple(x.shape), dtype=np.uint16)
         return torch.from_numpy(draws >= self.threshold)
 
+    def _torch_generator(self, x: torch.Tensor) -> bool:
+        return x.device.type != "cpu" or self.recomputable
 
-def _use_fast_dropout(model: nn.Module) -> None:
+
+def _use_fast_dropout(model: nn.Module, recomputable: bool) -> None:
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, nn.ModuleDict):
             for name, layer in dropouts.items():
                 if isinstance(layer, nn.Dropout):
-                    dropouts[name] = FastDropout(layer.p)
+                    dropouts[name] = FastDropout(layer.p, recomputable)
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: Path, trainable: bool = False) -> Any:

@@ -77,9 +77,11 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
 
 
 def cpu_training_kernels(model: nn.Module, precision: str) -> None:
-    """The CPU training path: bf16 frozen matmuls when asked, and the fused LoRA layers."""
+    """On a CPU: bf16 frozen matmuls when asked, and the fused LoRA layers. On a GPU: nothing."""
     from tunelab import kernels
 
+    if torch.cuda.is_available():
+        return
     if precision == "bf16":
         bf16_frozen_matmuls(model)
     kernels.install(model)

@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from tunelab.baseline import classify_baseline, is_label_task, sft_baseline
@@ -30,7 +29,6 @@ from tunelab.loop import (
     run_loop,
 )
 from tunelab.models import (
-    FastDropout,
     attach_lora,
     load_causal_lm,
     load_classifier,
@@ -119,12 +117,7 @@ def build_model(model_dir: Path, config: RunConfig) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model = attach_lora(model, config.lora)
-    if config.train.gradient_checkpointing:
-        for module in model.modules():
-            if isinstance(module, FastDropout):
-                module.recomputable = True
-    if not torch.cuda.is_available():
-        cpu_training_kernels(model, precision)
+    cpu_training_kernels(model, precision)
     return model
 
 
@@ -203,8 +196,7 @@ def train_classifier(
     pad_id = tokenizer.pad_token_id
     model = load_classifier(model_dir, config.model, data.labels, pad_id, base_dtype(precision))
     model = attach_lora(model, config.lora, "SEQ_CLS", HEAD_MODULES)
-    if not torch.cuda.is_available():
-        cpu_training_kernels(model, precision)
+    cpu_training_kernels(model, precision)
     batcher = class_batcher(pad_id, config.train.forward_tokens)
     loss = ClassifierLoss(model, class_weights(config, data.labels, data.train))
     samples = (data.train.samples, data.val.samples)
