@@ -43,18 +43,24 @@ def qwen3_06b_config():
 
 
 def one_variant(
-    variant: str, labels_kind: str, steps: int, checkpointing: bool = False, kernels: bool = True
+    variant: str,
+    labels_kind: str,
+    steps: int,
+    checkpointing: bool = False,
+    kernels: bool = True,
+    precision: str = "auto",
 ) -> dict:
     """Build the model, take ``steps`` training steps, report time and peak RSS.
 
-    ``kernels``: the model as tunelab trains it on a CPU (fused LoRA layers, lean SwiGLU),
-    for both variants alike, so that only the loss differs between them.
+    ``kernels``: the model as tunelab trains it on a CPU (``precision``: bf16 frozen
+    weights where the CPU has bf16, fused LoRA layers, lean SwiGLU), for both variants
+    alike, so that only the loss differs between them.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
 
-    from tunelab import kernels as training_kernels
     from tunelab.data.batching import Batch
+    from tunelab.precision import cpu_training_kernels, resolve_precision
     from tunelab.tasks.sft import CausalLMLoss
 
     torch.manual_seed(0)
@@ -65,8 +71,11 @@ def one_variant(
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     )
+    precision = resolve_precision(precision)
     if kernels:
-        training_kernels.install(model)
+        cpu_training_kernels(model, precision)
+    else:
+        precision = "fp32"
     ids = torch.randint(0, 151_643, (ROWS, WIDTH))
     labels = ids.clone()
     if labels_kind == "answers":
@@ -91,6 +100,7 @@ def one_variant(
         "variant": variant,
         "labels": labels_kind,
         "kernels": kernels,
+        "precision": precision,
         "loss": loss.item(),
         "seconds_per_step": min(seconds),
         "tokens_per_s": ROWS * WIDTH / min(seconds),
@@ -111,6 +121,7 @@ def main() -> None:
         action="store_true",
         help="PEFT's own LoRA forward, not tunelab's fused one",
     )
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
     if args.variant:
         result = one_variant(
@@ -119,6 +130,7 @@ def main() -> None:
             args.steps,
             args.gradient_checkpointing,
             kernels=not args.peft_layers,
+            precision=args.precision,
         )
         print(json.dumps(result))
         return
@@ -137,6 +149,8 @@ def main() -> None:
                 str(args.steps),
                 *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                 *(["--peft-layers"] if args.peft_layers else []),
+                "--precision",
+                args.precision,
             ]
             done = subprocess.run(command, capture_output=True, text=True)
             line = [x for x in done.stdout.splitlines() if x.startswith("{")]

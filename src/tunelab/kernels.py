@@ -27,7 +27,12 @@ from tunelab.models import FastDropout
 
 
 class LoraLinearFunction(torch.autograd.Function):
-    """``x W^T (+ bias) + scaling * (dropout(x) A^T) B^T`` with W frozen."""
+    """``x W^T (+ bias) + scaling * (dropout(x) A^T) B^T`` with W frozen.
+
+    ``keep`` marks the input elements dropout keeps (None: no dropout): boolean, or
+    {0, 1} in bf16 when the base weights are bf16, so that masking is a bf16 product.
+    Dropout's 1 / keep_prob is applied to the rank-r projection, not to a full-width tensor.
+    """
 
     @staticmethod
     def forward(
@@ -43,9 +48,12 @@ class LoraLinearFunction(torch.autograd.Function):
         keep_prob: float,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        dropped = rows if keep is None else rows * keep.reshape(rows.shape) / keep_prob
-        projected = dropped @ lora_a.t()
-        out = (x_low.reshape(rows.shape) @ weight.t()).to(x.dtype)
+        low_rows = x_low.reshape(rows.shape)
+        adapter_input = rows if keep is None else _masked_(rows.clone(), keep)
+        projected = adapter_input @ lora_a.t()
+        if keep is not None:
+            projected.mul_(1.0 / keep_prob)
+        out = (low_rows @ weight.t()).to(x.dtype)
         if bias is not None:
             out += bias
         out.addmm_(projected, lora_b.t(), alpha=scaling)
@@ -58,22 +66,38 @@ class LoraLinearFunction(torch.autograd.Function):
         x_low, weight, lora_a, lora_b, projected, keep = ctx.saved_tensors
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(ctx.out_dtype)
         grad_projected = grad @ lora_b  # (rows, r)
+        # the adapter's chain rule, with dropout's 1 / keep_prob folded into a rank-r factor
+        adapter_scale = ctx.scaling / ctx.keep_prob
         grad_b = grad_a = grad_x = None
         if ctx.needs_input_grad[5]:
-            grad_b = (grad.t() @ projected).mul_(ctx.scaling)
+            # (r, rows) @ (rows, out) reads grad in its own layout; grad.t() @ projected does not
+            grad_b = (projected.t() @ grad).t().mul_(ctx.scaling)
         if ctx.needs_input_grad[4]:
-            dropped = x_low.reshape(grad.shape[0], -1)
-            if keep is not None:
-                dropped = dropped * keep.reshape(dropped.shape)
-            scale = ctx.scaling / ctx.keep_prob
-            grad_a = (grad_projected.t().to(dropped.dtype) @ dropped).to(lora_a.dtype).mul_(scale)
+            rows = x_low.reshape(grad.shape[0], -1)
+            adapter_input = rows if keep is None else _masked(rows, keep.reshape(rows.shape))
+            grad_a = grad_projected.t().to(rows.dtype) @ adapter_input
+            grad_a = grad_a.to(lora_a.dtype).mul_(adapter_scale)
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_projected @ lora_a).mul_(ctx.scaling / ctx.keep_prob)
-            if keep is not None:
-                grad_x.mul_(keep.reshape(grad_x.shape))
-            grad_x += grad.to(weight.dtype) @ weight
+            grad_x = (grad.to(weight.dtype) @ weight).to(ctx.out_dtype)
+            scaled_a = lora_a * adapter_scale
+            if keep is None:
+                grad_x.addmm_(grad_projected, scaled_a)
+            else:
+                grad_x += _masked_(grad_projected @ scaled_a, keep)
             grad_x = grad_x.reshape(*grad_out.shape[:-1], -1)
         return grad_x, None, None, None, grad_a, grad_b, None, None, None
+
+
+def _masked_(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``_masked`` in place (an in-place product by a bf16 mask is fast even for fp32)."""
+    keep = keep.reshape(values.shape)
+    return values.masked_fill_(~keep, 0.0) if keep.dtype == torch.bool else values.mul_(keep)
+
+
+def _masked(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``keep``, else 0: a product for a numeric mask, a select for a boolean."""
+    keep = keep.reshape(values.shape)
+    return torch.where(keep, values, 0.0) if keep.dtype == torch.bool else values * keep
 
 
 class SwiGLUFunction(torch.autograd.Function):
@@ -147,8 +171,11 @@ def _fast_forward(layer: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
         return layer._peft_forward(x, *args, **kwargs)
     name = adapters[0]
     probability = dropout.p if isinstance(dropout, FastDropout) and layer.training else 0.0
-    keep = dropout.keep_mask(x) if probability > 0 else None
     x_low = layer._tunelab_inputs.get(x, base.weight.dtype)
+    keep = None
+    if probability > 0:
+        mask_dtype = torch.bfloat16 if x_low.dtype == torch.bfloat16 else torch.bool
+        keep = dropout.keep_mask(x, mask_dtype)
     return LoraLinearFunction.apply(
         x,
         x_low,

@@ -167,6 +167,10 @@ def attach_lora(
     return wrapped
 
 
+# the bit pattern of 1.0 in bfloat16
+BF16_ONE = np.uint16(0x3F80)
+
+
 class FastDropout(nn.Module):
     """Dropout whose CPU masks come from 16-bit draws of numpy's global generator.
 
@@ -192,14 +196,21 @@ class FastDropout(nn.Module):
             return x
         if self._torch_generator(x):
             return nn.functional.dropout(x, self.p, training=True)
-        return torch.mul(x, self.keep_mask(x)).mul_(self.scale)
+        return torch.where(self.keep_mask(x), x, 0.0).mul_(self.scale)
 
-    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A boolean mask shaped like ``x``: True (kept) with probability 1 - p."""
+    def keep_mask(self, x: torch.Tensor, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """Shaped like ``x``: kept (True, or 1.0 in a bf16 mask) with probability 1 - p.
+
+        A bf16 mask multiplies bf16 tensors several times faster than a boolean mask
+        selects from them on a CPU.
+        """
         if self._torch_generator(x):
-            return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - self.p)
+            return torch.empty(x.shape, dtype=dtype, device=x.device).bernoulli_(1 - self.p)
         draws = np.random.randint(0, 1 << 16, size=tuple(x.shape), dtype=np.uint16)
-        return torch.from_numpy(draws >= self.threshold)
+        kept = draws >= self.threshold
+        if dtype == torch.bfloat16:
+            return torch.from_numpy(kept * BF16_ONE).view(torch.bfloat16)
+        return torch.from_numpy(kept).to(dtype)
 
     def _torch_generator(self, x: torch.Tensor) -> bool:
         return x.device.type != "cpu" or self.recomputable
