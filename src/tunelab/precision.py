@@ -77,16 +77,14 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
 
 
 def cpu_training_kernels(model: nn.Module, precision: str) -> None:
-    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers and per-sample
-    attention for packed rows. On a GPU: nothing."""
-    from tunelab import attention, kernels
+    """On a CPU: bf16 frozen matmuls when asked, and the fused LoRA layers. On a GPU: nothing."""
+    from tunelab import kernels
 
     if torch.cuda.is_available():
         return
     if precision == "bf16":
         bf16_frozen_matmuls(model)
     kernels.install(model)
-    attention.use_packed_attention(model)
 
 
 def _inputs_to_bf16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
