@@ -25,11 +25,12 @@ OPTIONS = {
 }
 
 
-def describe(result: dict, tokens_per_step: float) -> str:
+def describe(result: dict) -> str:
     """One table row from a contender's JSON line."""
     if "error" in result:
         return f"did not run: {result['error'][:300]} | | | | |"
     steps = result["step_seconds"]
+    tokens_per_step = result["real_tokens"] / len(steps)
     later = statistics.median(steps[1:])
     return (
         f"{steps[0]:.1f} | {later:.2f} | {tokens_per_step / later:.0f} | "
@@ -51,8 +52,7 @@ def main() -> None:
     for name, module_args in OPTIONS.items():
         result = run_contender(module_args, work)
         raw[name] = result
-        tokens_per_step = result.get("real_tokens", 0) / max(len(result.get("step_seconds", [])), 1)
-        lines.append(f"| {name} | {describe(result, tokens_per_step)}")
+        lines.append(f"| {name} | {describe(result)}")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     out = BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}-options.md"

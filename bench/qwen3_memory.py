@@ -71,11 +71,9 @@ def one_variant(
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     )
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision) if kernels else "fp32"
     if kernels:
         cpu_training_kernels(model, precision)
-    else:
-        precision = "fp32"
     ids = torch.randint(0, 151_643, (ROWS, WIDTH))
     labels = ids.clone()
     if labels_kind == "answers":

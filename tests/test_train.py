@@ -187,9 +187,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(qwen3_dir, write_jsonl, tmp_pat
         tiny_config(qwen3_dir, data, tmp_path, "c", max_steps=100000, save_every=5),
     )
     process = cli(config)
-    wait_for(tmp_path / "c" / "checkpoints" / "step-000005", process)
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=120)[0]
+    try:
+        wait_for(tmp_path / "c" / "checkpoints" / "step-000005", process)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()  # a run of 100,000 steps must not outlive a failed test
     assert process.returncode == 130, output
     assert "interrupted after step" in output and "--resume" in output
     assert "Traceback" not in output

@@ -48,12 +48,11 @@ class LoraLinearFunction(torch.autograd.Function):
         keep_prob: float,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        low_rows = x_low.reshape(rows.shape)
-        adapter_input = rows if keep is None else _masked_(rows.clone(), keep)
+        adapter_input = rows if keep is None else _masked(rows.clone(), keep, in_place=True)
         projected = adapter_input @ lora_a.t()
         if keep is not None:
             projected.mul_(1.0 / keep_prob)
-        out = (low_rows @ weight.t()).to(x.dtype)
+        out = (x_low.reshape(rows.shape) @ weight.t()).to(x.dtype)
         if bias is not None:
             out += bias
         out.addmm_(projected, lora_b.t(), alpha=scaling)
@@ -74,7 +73,7 @@ class LoraLinearFunction(torch.autograd.Function):
             grad_b = (projected.t() @ grad).t().mul_(ctx.scaling)
         if ctx.needs_input_grad[4]:
             rows = x_low.reshape(grad.shape[0], -1)
-            adapter_input = rows if keep is None else _masked(rows, keep.reshape(rows.shape))
+            adapter_input = rows if keep is None else _masked(rows, keep)
             grad_a = grad_projected.t().to(rows.dtype) @ adapter_input
             grad_a = grad_a.to(lora_a.dtype).mul_(adapter_scale)
         if ctx.needs_input_grad[0]:
@@ -83,21 +82,20 @@ class LoraLinearFunction(torch.autograd.Function):
             if keep is None:
                 grad_x.addmm_(grad_projected, scaled_a)
             else:
-                grad_x += _masked_(grad_projected @ scaled_a, keep)
+                grad_x += _masked(grad_projected @ scaled_a, keep, in_place=True)
             grad_x = grad_x.reshape(*grad_out.shape[:-1], -1)
         return grad_x, None, None, None, grad_a, grad_b, None, None, None
 
 
-def _masked_(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``_masked`` in place (an in-place product by a bf16 mask is fast even for fp32)."""
-    keep = keep.reshape(values.shape)
-    return values.masked_fill_(~keep, 0.0) if keep.dtype == torch.bool else values.mul_(keep)
+def _masked(values: torch.Tensor, keep: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``values`` where ``keep``, else 0: a product for a numeric mask, a select for a boolean.
 
-
-def _masked(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``values`` where ``keep``, else 0: a product for a numeric mask, a select for a boolean."""
+    In place, a product by a bf16 mask is fast even for fp32 values.
+    """
     keep = keep.reshape(values.shape)
-    return torch.where(keep, values, 0.0) if keep.dtype == torch.bool else values * keep
+    if keep.dtype == torch.bool:
+        return values.masked_fill_(~keep, 0.0) if in_place else torch.where(keep, values, 0.0)
+    return values.mul_(keep) if in_place else values * keep
 
 
 class SwiGLUFunction(torch.autograd.Function):
@@ -194,8 +192,7 @@ def install(model: nn.Module) -> int:
 
     LoRA layers outside the plain case (several or merged adapters, DoRA and other
     variants, a dropout tunelab did not put there) and every layer without gradients keep
-    their own forward. Returns how many
-    modules were changed.
+    their own forward. Returns how many modules were changed.
     """
     from peft.tuners.lora import Linear as LoraLinear
 
