@@ -17,7 +17,7 @@ import statistics
 from bench.run import machine, run_contender
 from bench.workload import BENCH_DIR, build_workload
 
-BASE = ["bench.tunelab_recipe", "--defaults", "--precision", "bf16"]
+BASE = ["bench.tunelab_recipe", "--defaults", "--precision", "auto"]
 OPTIONS = {
     "defaults": BASE,
     "gradient checkpointing": [*BASE, "--set", "gradient_checkpointing=true"],
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     work = build_workload(args.steps)
     lines = [
-        "| tunelab (bf16, LoRA r16 dropout 0) | first step s | later steps, median s | "
+        "| tunelab (precision auto, LoRA r16 dropout 0) | first step s | later steps, median s | "
         "real tok/s (later steps) | peak RSS MB | final loss |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from bench.workload import BENCH_DIR, Workload, build_workload
+from tunelab.precision import cpu_has_native_bf16
 
-TUNELAB_DEFAULTS = "tunelab, its defaults (bf16, LoRA r16 dropout 0)"
+TUNELAB_DEFAULTS = "tunelab, its defaults (precision auto, LoRA r16 dropout 0)"
 CONTENDERS: dict[str, list[str]] = {
     "seed recipe: Trainer, pad to 512, fp32": ["bench.trainer_recipe", "--padding", "max_length"],
     "Trainer, dynamic padding, fp32": ["bench.trainer_recipe", "--padding", "longest"],
@@ -33,8 +34,12 @@ CONTENDERS: dict[str, list[str]] = {
         "--set",
         "data.packing=false",
     ],
-    TUNELAB_DEFAULTS: ["bench.tunelab_recipe", "--defaults", "--precision", "bf16"],
+    TUNELAB_DEFAULTS: ["bench.tunelab_recipe", "--defaults", "--precision", "auto"],
 }
+NO_BF16 = (
+    "skipped: this CPU has no native bf16 (AVX-512 BF16 or AMX), so tunelab refuses "
+    "precision bf16 here; `precision: auto` picks fp32"
+)
 
 
 def run_contender(module_args: list[str], work: Workload) -> dict:
@@ -94,6 +99,7 @@ def table(summary: dict[str, dict], work: Workload, mean_tokens: float) -> str:
 def machine() -> str:
     """A short name for this machine: CPU model and core count."""
     model = platform.processor() or platform.machine()
+    isa = "native-bf16" if cpu_has_native_bf16() else "no-bf16"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         names = [
@@ -103,7 +109,7 @@ def machine() -> str:
         ]
         model = names[0] if names else model
     slug = "-".join(model.lower().replace("(r)", "").replace("(tm)", "").split()[:3])
-    return f"{slug}-{os.cpu_count()}cpu"
+    return f"{slug}-{os.cpu_count()}cpu-{isa}"
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -121,9 +127,12 @@ def main() -> None:
         n: a for n, a in CONTENDERS.items() if not args.only or any(o in n for o in args.only)
     }
     results: dict[str, list[dict]] = {name: [] for name in chosen}
+    for name, module_args in chosen.items():
+        if "bf16" in module_args and not cpu_has_native_bf16():
+            results[name].append({"error": NO_BF16})
     for round_index in range(args.rounds):
         for name, module_args in chosen.items():
-            if round_index and "error" in results[name][0]:
+            if results[name] and "error" in results[name][0]:
                 continue
             result = run_contender(module_args, work)
             results[name].append(result)

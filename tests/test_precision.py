@@ -21,6 +21,17 @@ def test_auto_follows_the_hardware_and_fp16_needs_a_gpu() -> None:
         resolve_precision("fp16")
 
 
+def test_bf16_on_a_cpu_without_native_bf16_is_refused(monkeypatch) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CPU rules")
+    monkeypatch.setattr("tunelab.precision.cpu_has_native_bf16", lambda: False)
+    with pytest.raises(TunelabError, match="AVX-512 BF16 or AMX"):
+        resolve_precision("bf16")
+    assert resolve_precision("auto") == "fp32"
+    monkeypatch.setattr("tunelab.precision.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("bf16") == "bf16"
+
+
 def test_bf16_frozen_matmuls_keep_the_adapter_and_outputs_in_fp32(qwen3_dir) -> None:
     spec = ModelConfig(name=str(qwen3_dir))
     torch.manual_seed(0)

@@ -115,7 +115,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="`auto`: bf16 on GPUs that support it, fp32 on CPU."
+        "auto",
+        description="`auto`: bf16 on GPUs that support it and on CPUs with native bf16 "
+        "(AVX-512 BF16 / AMX; frozen matmuls only), fp32 otherwise.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward: less memory, slower steps."
