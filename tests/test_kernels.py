@@ -26,7 +26,8 @@ def _tiny_lora_model(model_dir: Path, fused: bool, bf16: bool = False) -> Any:
     if bf16:
         bf16_frozen_matmuls(model)
     if fused:
-        assert kernels.install(model) == 2 * 7 + 2  # seven LoRA layers and one MLP per layer
+        # per layer: seven LoRA layers, one MLP, four norms (Qwen3 norms q and k); a final norm
+        assert kernels.install(model) == 2 * (7 + 1 + 4) + 1
     return model.train()
 
 
@@ -92,3 +93,22 @@ def test_swiglu_gradients_match_autograd() -> None:
     torch.testing.assert_close(
         kernels.SwiGLUFunction.apply(gate, up), torch.nn.functional.silu(gate) * up
     )
+
+
+def test_rms_norm_gradients_match_autograd() -> None:
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(7, dtype=torch.float64) + 0.5
+    assert torch.autograd.gradcheck(kernels.RMSNormFunction.apply, (x, weight, 1e-6))
+    rms = x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    torch.testing.assert_close(kernels.RMSNormFunction.apply(x, weight, 1e-6), weight * x / rms)
+
+
+def test_rms_norm_with_a_zero_in_its_weight_keeps_the_models_own_forward(qwen3_dir: Path) -> None:
+    model = _tiny_lora_model(qwen3_dir, fused=True)
+    norm = model.base_model.model.model.norm
+    with torch.no_grad():
+        norm.weight[3] = 0.0
+    x = torch.randn(2, 4, norm.weight.shape[0], requires_grad=True)
+    out = norm(x)
+    assert out.grad_fn is not None and "RMSNormFunction" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, norm._hf_forward(x))

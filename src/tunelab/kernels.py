@@ -11,13 +11,17 @@ merging are untouched; ``install`` only swaps the forward of each plain LoRA lay
 
 ``SwiGLUFunction`` does the same for ``silu(gate) * up`` in Llama/Qwen-style MLPs: it keeps
 gate and up and recomputes the activation in backward, one full-width tensor fewer per
-layer than autograd keeps.
+layer than autograd keeps; ``SwiGLUDownFunction`` also runs a fused LoRA ``down_proj`` on
+that product and recomputes it in backward instead of keeping it (the widest tensor of a
+layer). ``RMSNormFunction`` keeps a norm's output, which the fused projections after it
+keep anyway, instead of its input.
 """
 
 from __future__ import annotations
 
 import types
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,53 +52,104 @@ class LoraLinearFunction(torch.autograd.Function):
         keep_prob: float,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        adapter_input = rows if keep is None else _masked(rows.clone(), keep, in_place=True)
-        projected = adapter_input @ lora_a.t()
-        if keep is not None:
-            projected.mul_(1.0 / keep_prob)
-        out = (x_low.reshape(rows.shape) @ weight.t()).to(x.dtype)
-        if bias is not None:
-            out += bias
-        out.addmm_(projected, lora_b.t(), alpha=scaling)
+        scalars = _LoraScalars(scaling, keep_prob, x.dtype)
+        tensors = (weight, bias, lora_a, lora_b, keep)
+        out, projected = _lora_forward(rows, x_low.reshape(rows.shape), tensors, scalars)
         ctx.save_for_backward(x_low, weight, lora_a, lora_b, projected, keep)
-        ctx.scaling, ctx.keep_prob, ctx.out_dtype = scaling, keep_prob, x.dtype
+        ctx.scalars = scalars
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_low, weight, lora_a, lora_b, projected, keep = ctx.saved_tensors
-        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(ctx.out_dtype)
-        grad_projected = grad @ lora_b  # (rows, r)
-        # the adapter's chain rule, with dropout's 1 / keep_prob folded into a rank-r factor
-        adapter_scale = ctx.scaling / ctx.keep_prob
-        grad_b = grad_a = grad_x = None
-        if ctx.needs_input_grad[5]:
-            # (r, rows) @ (rows, out) reads grad in its own layout; grad.t() @ projected does not
-            grad_b = (projected.t() @ grad).t().mul_(ctx.scaling)
-        if ctx.needs_input_grad[4]:
-            rows = x_low.reshape(grad.shape[0], -1)
-            adapter_input = rows if keep is None else _masked(rows, keep)
-            grad_a = grad_projected.t().to(rows.dtype) @ adapter_input
-            grad_a = grad_a.to(lora_a.dtype).mul_(adapter_scale)
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad.to(weight.dtype) @ weight).to(ctx.out_dtype)
-            scaled_a = lora_a * adapter_scale
-            if keep is None:
-                grad_x.addmm_(grad_projected, scaled_a)
-            else:
-                grad_x += _masked(grad_projected @ scaled_a, keep, in_place=True)
+        needs = ctx.needs_input_grad
+        grad_x, grad_a, grad_b = _lora_backward(
+            grad_out.reshape(-1, grad_out.shape[-1]),
+            x_low.reshape(-1, x_low.shape[-1]),
+            (weight, lora_a, lora_b, projected, keep),
+            ctx.scalars,
+            (needs[0], needs[4], needs[5]),
+        )
+        if grad_x is not None:
             grad_x = grad_x.reshape(*grad_out.shape[:-1], -1)
         return grad_x, None, None, None, grad_a, grad_b, None, None, None
 
 
-def _masked(values: torch.Tensor, keep: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-    """``values`` where ``keep``, else 0: a product for a numeric mask, a select for a boolean.
+@dataclass(frozen=True)
+class _LoraScalars:
+    """What a fused LoRA layer's backward needs besides tensors."""
 
-    In place, a product by a bf16 mask is fast even for fp32 values.
+    scaling: float
+    keep_prob: float
+    out_dtype: torch.dtype
+
+
+def _lora_forward(
+    rows: torch.Tensor,
+    rows_low: torch.Tensor,
+    tensors: tuple[torch.Tensor | None, ...],
+    scalars: _LoraScalars,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's output rows and the rank-r projection backward needs.
+
+    ``tensors``: (weight, bias, A, B, keep mask); ``rows_low``: ``rows`` in the weight's dtype.
+    """
+    weight, bias, lora_a, lora_b, keep = tensors
+    adapter_input = rows if keep is None else _masked(rows.clone(), keep, in_place=True)
+    projected = adapter_input @ lora_a.t()
+    if keep is not None:
+        projected.mul_(1.0 / scalars.keep_prob)
+    out = (rows_low @ weight.t()).to(scalars.out_dtype)
+    if bias is not None:
+        out += bias
+    out.addmm_(projected, lora_b.t(), alpha=scalars.scaling)
+    return out, projected
+
+
+def _lora_backward(
+    grad_out: torch.Tensor,
+    rows_low: torch.Tensor,
+    tensors: tuple[torch.Tensor | None, ...],
+    scalars: _LoraScalars,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of the input rows, of A and of B, where ``needs`` says so (else None).
+
+    ``tensors``: (weight, A, B, rank-r projection, keep mask).
+    """
+    weight, lora_a, lora_b, projected, keep = tensors
+    needs_x, needs_a, needs_b = needs
+    grad = grad_out.to(scalars.out_dtype)
+    grad_projected = grad @ lora_b  # (rows, r)
+    # the adapter's chain rule, with dropout's 1 / keep_prob folded into a rank-r factor
+    adapter_scale = scalars.scaling / scalars.keep_prob
+    grad_x = grad_a = grad_b = None
+    if needs_b:
+        # (r, rows) @ (rows, out) reads grad in its own layout; grad.t() @ projected does not
+        grad_b = (projected.t() @ grad).t().mul_(scalars.scaling)
+    if needs_a:
+        adapter_input = rows_low if keep is None else _masked(rows_low, keep)
+        grad_a = grad_projected.t().to(rows_low.dtype) @ adapter_input
+        grad_a = grad_a.to(lora_a.dtype).mul_(adapter_scale)
+    if needs_x:
+        grad_x = (grad.to(weight.dtype) @ weight).to(scalars.out_dtype)
+        scaled_a = lora_a * adapter_scale
+        if keep is None:
+            grad_x.addmm_(grad_projected, scaled_a)
+        else:
+            grad_x += _masked(grad_projected @ scaled_a, keep, in_place=True)
+    return grad_x, grad_a, grad_b
+
+
+def _masked(values: torch.Tensor, keep: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``values`` where ``keep``, else 0, as a product by the mask.
+
+    A boolean mask multiplies as its uint8 view: measured on 600 x 1536 fp32 values, 0.16 ms
+    against 1.0 ms for ``torch.where`` and 1.6 ms for ``masked_fill_(~keep)``.
     """
     keep = keep.reshape(values.shape)
     if keep.dtype == torch.bool:
-        return values.masked_fill_(~keep, 0.0) if in_place else torch.where(keep, values, 0.0)
+        keep = keep.view(torch.uint8)
     return values.mul_(keep) if in_place else values * keep
 
 
@@ -114,10 +169,104 @@ class SwiGLUFunction(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+class SwiGLUDownFunction(torch.autograd.Function):
+    """``down(silu(gate) * up)`` for a fused LoRA ``down``: keeps gate and up, not their product.
+
+    The product is the widest tensor of the layer; backward recomputes it from gate and up
+    (one product, reusing the SiLU that gate's gradient needs anyway).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        keep: torch.Tensor | None,
+        keep_prob: float,
+    ) -> torch.Tensor:
+        rows = nn.functional.silu(gate).mul_(up).reshape(-1, gate.shape[-1])
+        scalars = _LoraScalars(scaling, keep_prob, gate.dtype)
+        tensors = (weight, bias, lora_a, lora_b, keep)
+        out, projected = _lora_forward(rows, rows.to(weight.dtype), tensors, scalars)
+        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, projected, keep)
+        ctx.scalars = scalars
+        return out.reshape(*gate.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        gate, up, weight, lora_a, lora_b, projected, keep = ctx.saved_tensors
+        activated = nn.functional.silu(gate)
+        rows = (activated * up).reshape(-1, gate.shape[-1])
+        needs = ctx.needs_input_grad
+        grad_rows, grad_a, grad_b = _lora_backward(
+            grad_out.reshape(-1, grad_out.shape[-1]),
+            rows.to(weight.dtype),
+            (weight, lora_a, lora_b, projected, keep),
+            ctx.scalars,
+            (True, needs[4], needs[5]),
+        )
+        grad_hidden = grad_rows.reshape(gate.shape)
+        grad_gate = torch.ops.aten.silu_backward(grad_hidden * up, gate)
+        grad_up = activated.mul_(grad_hidden)
+        return grad_gate, grad_up, None, None, grad_a, grad_b, None, None, None
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """Llama-style RMSNorm with a frozen, zero-free weight, keeping its output, not its input.
+
+    The output is what the next projections read, and their fused LoRA layers keep it for
+    backward anyway; the input (the residual stream) is otherwise free once added to. The
+    normalised input is the output divided by the weight, hence zero-free.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        mean_square = torch.linalg.vecdot(x, x).unsqueeze(-1).div_(x.shape[-1])
+        inverse_rms = mean_square.add_(eps).rsqrt_()
+        out = (x * inverse_rms).mul_(weight)
+        ctx.save_for_backward(out, weight, inverse_rms)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        out, weight, inverse_rms = ctx.saved_tensors
+        # with n = x / rms: dx = (dn - n * mean(dn * n)) / rms, and dn * n = grad * out
+        mean_product = torch.linalg.vecdot(grad, out).unsqueeze(-1).div_(out.shape[-1])
+        normalised = (out / weight).mul_(mean_product)
+        return (grad * weight).sub_(normalised).mul_(inverse_rms), None, None
+
+
+def _rms_norm_forward(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    lean = (
+        torch.is_grad_enabled()
+        and x.dtype == torch.float32
+        and x.dtype == norm.weight.dtype
+        and not norm.weight.requires_grad
+        and bool((norm.weight != 0).all())
+    )
+    if not lean:
+        return norm._hf_forward(x)
+    return RMSNormFunction.apply(x, norm.weight, norm.variance_epsilon)
+
+
+# RMSNorms computing weight * x / sqrt(mean(x^2) + eps), as Llama's; Gemma's uses 1 + weight
+LLAMA_STYLE_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
+
+
 def _swiglu_mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return mlp._hf_forward(x)
-    return mlp.down_proj(SwiGLUFunction.apply(mlp.gate_proj(x), mlp.up_proj(x)))
+    gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    down = mlp.down_proj
+    parts = _fused_parts(down, gate) if hasattr(down, "_tunelab_inputs") else None
+    if parts is None:
+        return down(SwiGLUFunction.apply(gate, up))
+    return SwiGLUDownFunction.apply(gate, up, *parts)
 
 
 def _is_swiglu_mlp(module: nn.Module) -> bool:
@@ -152,13 +301,24 @@ class _LowPrecisionInputs:
 
 def _fast_forward(layer: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT's forward for the cases this file does not cover; the fused path otherwise."""
+    parts = None if args or kwargs else _fused_parts(layer, x)
+    if parts is None:
+        return layer._peft_forward(x, *args, **kwargs)
+    x_low = layer._tunelab_inputs.get(x, parts[0].dtype)
+    return LoraLinearFunction.apply(x, x_low, *parts)
+
+
+def _fused_parts(layer: nn.Module, x: torch.Tensor) -> tuple[Any, ...] | None:
+    """(weight, bias, A, B, scaling, keep mask, keep_prob) of a plain LoRA layer, else None.
+
+    Plain: one active adapter, not merged nor disabled, no variant (DoRA and others), a
+    dropout tunelab put there, a frozen base, gradients on. The keep mask is drawn here.
+    """
     adapters = [name for name in layer.active_adapters if name in layer.lora_A]
     base = layer.get_base_layer()
     dropout = layer.lora_dropout[adapters[0]] if len(adapters) == 1 else None
     plain = (
-        not args
-        and not kwargs
-        and not layer.disable_adapters
+        not layer.disable_adapters
         and not layer.merged
         and isinstance(dropout, FastDropout | nn.Identity)
         and adapters[0] not in getattr(layer, "lora_variant", {})
@@ -166,17 +326,14 @@ def _fast_forward(layer: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
         and not base.weight.requires_grad
     )
     if not plain:
-        return layer._peft_forward(x, *args, **kwargs)
+        return None
     name = adapters[0]
     probability = dropout.p if isinstance(dropout, FastDropout) and layer.training else 0.0
-    x_low = layer._tunelab_inputs.get(x, base.weight.dtype)
     keep = None
     if probability > 0:
-        mask_dtype = torch.bfloat16 if x_low.dtype == torch.bfloat16 else torch.bool
+        mask_dtype = torch.bfloat16 if base.weight.dtype == torch.bfloat16 else torch.bool
         keep = dropout.keep_mask(x, mask_dtype)
-    return LoraLinearFunction.apply(
-        x,
-        x_low,
+    return (
         base.weight,
         base.bias,
         layer.lora_A[name].weight,
@@ -188,11 +345,13 @@ def _fast_forward(layer: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
 
 
 def install(model: nn.Module) -> int:
-    """Give every PEFT LoRA ``Linear`` the fused forward, every SwiGLU MLP the lean one.
+    """Give every PEFT LoRA ``Linear`` the fused forward, every SwiGLU MLP and Llama-style
+    RMSNorm the lean one.
 
     LoRA layers outside the plain case (several or merged adapters, DoRA and other
-    variants, a dropout tunelab did not put there) and every layer without gradients keep
-    their own forward. Returns how many modules were changed.
+    variants, a dropout tunelab did not put there), norms with a trainable, zero-holding or
+    non-fp32 weight, and every module without gradients keep their own forward. Returns how
+    many modules were changed.
     """
     from peft.tuners.lora import Linear as LoraLinear
 
@@ -207,5 +366,9 @@ def install(model: nn.Module) -> int:
         elif _is_swiglu_mlp(module) and not hasattr(module, "_hf_forward"):
             module._hf_forward = module.forward
             module.forward = types.MethodType(_swiglu_mlp_forward, module)
+            changed += 1
+        elif type(module).__name__ in LLAMA_STYLE_NORMS and not hasattr(module, "_hf_forward"):
+            module._hf_forward = module.forward
+            module.forward = types.MethodType(_rms_norm_forward, module)
             changed += 1
     return changed
