@@ -1,7 +1,8 @@
 """Batched generation against a one-prompt-at-a-time `generate` loop, same 200 prompts.
 
 Both decode greedily with the embedded SmolLM2-135M in the precision `auto` picks (bf16
-matmuls on a CPU with native bf16, else fp32) and must produce the same answers; the table gives the time of each and the ratio.
+matmuls on a CPU with native bf16, else fp32) and must produce the same answers; the table
+gives the time of each and the ratio.
 
     python -m bench.generation --rows 200 --max-new-tokens 8
 """

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import types
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,100 +38,76 @@ class LoraLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        x_low: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        lora_a: torch.Tensor,
-        lora_b: torch.Tensor,
-        scaling: float,
-        keep: torch.Tensor | None,
-        keep_prob: float,
-    ) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, x_low: torch.Tensor, *parts: Any) -> torch.Tensor:
+        """``parts``: weight, bias, A, B, scaling, keep mask, keep_prob (``_fused_parts``)."""
         rows = x.reshape(-1, x.shape[-1])
-        scalars = _LoraScalars(scaling, keep_prob, x.dtype)
-        tensors = (weight, bias, lora_a, lora_b, keep)
-        out, projected = _lora_forward(rows, x_low.reshape(rows.shape), tensors, scalars)
-        ctx.save_for_backward(x_low, weight, lora_a, lora_b, projected, keep)
-        ctx.scalars = scalars
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        out = _lora_forward(ctx, rows, x_low.reshape(rows.shape), parts, kept=(x_low,))
+        return out.reshape(*x.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x_low, weight, lora_a, lora_b, projected, keep = ctx.saved_tensors
-        needs = ctx.needs_input_grad
+        x_low, *saved = ctx.saved_tensors  # read once: checkpointing allows no second unpack
+        rows_low = x_low.reshape(-1, x_low.shape[-1])
         grad_x, grad_a, grad_b = _lora_backward(
-            grad_out.reshape(-1, grad_out.shape[-1]),
-            x_low.reshape(-1, x_low.shape[-1]),
-            (weight, lora_a, lora_b, projected, keep),
-            ctx.scalars,
-            (needs[0], needs[4], needs[5]),
+            ctx, grad_out, rows_low, saved, ctx.needs_input_grad[0]
         )
         if grad_x is not None:
             grad_x = grad_x.reshape(*grad_out.shape[:-1], -1)
         return grad_x, None, None, None, grad_a, grad_b, None, None, None
 
 
-@dataclass(frozen=True)
-class _LoraScalars:
-    """What a fused LoRA layer's backward needs besides tensors."""
-
-    scaling: float
-    keep_prob: float
-    out_dtype: torch.dtype
-
-
 def _lora_forward(
+    ctx: Any,
     rows: torch.Tensor,
     rows_low: torch.Tensor,
-    tensors: tuple[torch.Tensor | None, ...],
-    scalars: _LoraScalars,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's output rows and the rank-r projection backward needs.
+    parts: tuple[Any, ...],
+    kept: tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """A fused LoRA layer's output rows; saves ``kept``, then what the adapter's backward needs.
 
-    ``tensors``: (weight, bias, A, B, keep mask); ``rows_low``: ``rows`` in the weight's dtype.
+    ``rows_low``: ``rows`` in the base weight's dtype.
     """
-    weight, bias, lora_a, lora_b, keep = tensors
+    weight, bias, lora_a, lora_b, scaling, keep, keep_prob = parts
     adapter_input = rows if keep is None else _masked(rows.clone(), keep, in_place=True)
     projected = adapter_input @ lora_a.t()
     if keep is not None:
-        projected.mul_(1.0 / scalars.keep_prob)
-    out = (rows_low @ weight.t()).to(scalars.out_dtype)
+        projected.mul_(1.0 / keep_prob)
+    out = (rows_low @ weight.t()).to(rows.dtype)
     if bias is not None:
         out += bias
-    out.addmm_(projected, lora_b.t(), alpha=scalars.scaling)
-    return out, projected
+    out.addmm_(projected, lora_b.t(), alpha=scaling)
+    ctx.save_for_backward(*kept, weight, lora_a, lora_b, projected, keep)
+    ctx.scaling, ctx.keep_prob, ctx.out_dtype = scaling, keep_prob, rows.dtype
+    return out
 
 
 def _lora_backward(
+    ctx: Any,
     grad_out: torch.Tensor,
     rows_low: torch.Tensor,
-    tensors: tuple[torch.Tensor | None, ...],
-    scalars: _LoraScalars,
-    needs: tuple[bool, bool, bool],
+    saved: list[torch.Tensor | None],
+    needs_x: bool,
 ) -> tuple[torch.Tensor | None, ...]:
-    """Gradients of the input rows, of A and of B, where ``needs`` says so (else None).
+    """Gradients of the input rows (if ``needs_x``), of A and of B.
 
-    ``tensors``: (weight, A, B, rank-r projection, keep mask).
+    ``saved``: what ``_lora_forward`` saved after ``kept``. The autograd function's inputs
+    must put A and B at positions 4 and 5.
     """
-    weight, lora_a, lora_b, projected, keep = tensors
-    needs_x, needs_a, needs_b = needs
-    grad = grad_out.to(scalars.out_dtype)
+    weight, lora_a, lora_b, projected, keep = saved
+    grad = grad_out.reshape(-1, grad_out.shape[-1]).to(ctx.out_dtype)
     grad_projected = grad @ lora_b  # (rows, r)
     # the adapter's chain rule, with dropout's 1 / keep_prob folded into a rank-r factor
-    adapter_scale = scalars.scaling / scalars.keep_prob
+    adapter_scale = ctx.scaling / ctx.keep_prob
     grad_x = grad_a = grad_b = None
-    if needs_b:
+    if ctx.needs_input_grad[5]:
         # (r, rows) @ (rows, out) reads grad in its own layout; grad.t() @ projected does not
-        grad_b = (projected.t() @ grad).t().mul_(scalars.scaling)
-    if needs_a:
+        grad_b = (projected.t() @ grad).t().mul_(ctx.scaling)
+    if ctx.needs_input_grad[4]:
         adapter_input = rows_low if keep is None else _masked(rows_low, keep)
         grad_a = grad_projected.t().to(rows_low.dtype) @ adapter_input
         grad_a = grad_a.to(lora_a.dtype).mul_(adapter_scale)
     if needs_x:
-        grad_x = (grad.to(weight.dtype) @ weight).to(scalars.out_dtype)
+        grad_x = (grad.to(weight.dtype) @ weight).to(ctx.out_dtype)
         scaled_a = lora_a * adapter_scale
         if keep is None:
             grad_x.addmm_(grad_projected, scaled_a)
@@ -177,39 +152,18 @@ class SwiGLUDownFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        gate: torch.Tensor,
-        up: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        lora_a: torch.Tensor,
-        lora_b: torch.Tensor,
-        scaling: float,
-        keep: torch.Tensor | None,
-        keep_prob: float,
-    ) -> torch.Tensor:
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, *parts: Any) -> torch.Tensor:
+        """``parts``: down's weight, bias, A, B, scaling, keep mask, keep_prob."""
         rows = nn.functional.silu(gate).mul_(up).reshape(-1, gate.shape[-1])
-        scalars = _LoraScalars(scaling, keep_prob, gate.dtype)
-        tensors = (weight, bias, lora_a, lora_b, keep)
-        out, projected = _lora_forward(rows, rows.to(weight.dtype), tensors, scalars)
-        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, projected, keep)
-        ctx.scalars = scalars
-        return out.reshape(*gate.shape[:-1], weight.shape[0])
+        out = _lora_forward(ctx, rows, rows.to(parts[0].dtype), parts, kept=(gate, up))
+        return out.reshape(*gate.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        gate, up, weight, lora_a, lora_b, projected, keep = ctx.saved_tensors
+        gate, up, *saved = ctx.saved_tensors  # read once: checkpointing allows no second unpack
         activated = nn.functional.silu(gate)
-        rows = (activated * up).reshape(-1, gate.shape[-1])
-        needs = ctx.needs_input_grad
-        grad_rows, grad_a, grad_b = _lora_backward(
-            grad_out.reshape(-1, grad_out.shape[-1]),
-            rows.to(weight.dtype),
-            (weight, lora_a, lora_b, projected, keep),
-            ctx.scalars,
-            (True, needs[4], needs[5]),
-        )
+        rows = (activated * up).reshape(-1, gate.shape[-1]).to(saved[0].dtype)
+        grad_rows, grad_a, grad_b = _lora_backward(ctx, grad_out, rows, saved, True)
         grad_hidden = grad_rows.reshape(gate.shape)
         grad_gate = torch.ops.aten.silu_backward(grad_hidden * up, gate)
         grad_up = activated.mul_(grad_hidden)
