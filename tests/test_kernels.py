@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from tunelab import kernels
 from tunelab.config import LoraConfig
@@ -31,9 +31,9 @@ def _tiny_lora_model(model_dir: Path, fused: bool, bf16: bool = False) -> Any:
     return model.train()
 
 
-def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_and_grads(model: Any, **inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     np.random.seed(3)  # LoRA dropout masks come from numpy's generator, in layer order
-    logits = model(input_ids=ids).logits
+    logits = model(**inputs).logits
     logits.pow(2).mean().backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     return logits, grads
@@ -42,8 +42,10 @@ def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, dict[s
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-frozen-weights"])
 def test_fused_lora_matches_peft_outputs_and_gradients(qwen3_dir: Path, bf16: bool) -> None:
     ids = torch.randint(0, 151_000, (2, 11), generator=torch.Generator().manual_seed(1))
-    reference_logits, reference = _loss_and_grads(_tiny_lora_model(qwen3_dir, False, bf16), ids)
-    logits, grads = _loss_and_grads(_tiny_lora_model(qwen3_dir, True, bf16), ids)
+    reference_logits, reference = _loss_and_grads(
+        _tiny_lora_model(qwen3_dir, False, bf16), input_ids=ids
+    )
+    logits, grads = _loss_and_grads(_tiny_lora_model(qwen3_dir, True, bf16), input_ids=ids)
     tolerance = {"rtol": 2e-2, "atol": 1e-3} if bf16 else {"rtol": 1e-5, "atol": 1e-6}
     torch.testing.assert_close(logits, reference_logits, **tolerance)
     assert grads.keys() == reference.keys() and len(grads) == 2 * 7 * 2
@@ -52,24 +54,63 @@ def test_fused_lora_matches_peft_outputs_and_gradients(qwen3_dir: Path, bf16: bo
         torch.testing.assert_close(grad, reference[name], **tolerance, msg=name)
 
 
+def _saved_activation_bytes(model: Any, **inputs: Any) -> int:
+    """Bytes autograd keeps for backward over one forward pass, weights not counted."""
+    storages: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:  # activations only, not (views of) weights
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(**inputs).logits.sum()
+    return sum(storages.values())
+
+
 def test_fused_path_keeps_less_for_backward(qwen3_dir: Path) -> None:
     ids = torch.randint(0, 151_000, (4, 32), generator=torch.Generator().manual_seed(2))
-    saved = {}
-    for fused in (False, True):
-        model = _tiny_lora_model(qwen3_dir, fused, bf16=True)
-        storages: dict[int, int] = {}
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-        def keep(tensor: torch.Tensor, storages: dict = storages, weights: set = weights) -> Any:
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in weights:  # activations only, not (views of) weights
-                storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            model(input_ids=ids).logits.sum()
-        saved[fused] = sum(storages.values())
+    saved = {
+        fused: _saved_activation_bytes(_tiny_lora_model(qwen3_dir, fused, bf16=True), input_ids=ids)
+        for fused in (False, True)
+    }
     assert saved[True] < 0.8 * saved[False]
+
+
+def test_grouped_attention_on_packed_rows_matches_repeated_heads_and_keeps_less(
+    qwen3_dir: Path,
+) -> None:
+    ids = torch.randint(0, 151_000, (2, 24), generator=torch.Generator().manual_seed(5))
+    # two samples per row, positions restarting at each: transformers builds a block mask
+    positions = torch.cat([torch.arange(10), torch.arange(14)]).expand(2, -1)
+    inputs = {"input_ids": ids, "position_ids": positions, "use_cache": False}
+    repeated = _tiny_lora_model(qwen3_dir, fused=True)
+    grouped = _tiny_lora_model(qwen3_dir, fused=True)
+    assert kernels.use_grouped_attention(grouped)
+    assert grouped.config._attn_implementation == kernels.GROUPED_ATTENTION
+    reference_logits, reference = _loss_and_grads(repeated, **inputs)
+    logits, grads = _loss_and_grads(grouped, **inputs)
+    torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert _saved_activation_bytes(grouped, **inputs) < _saved_activation_bytes(repeated, **inputs)
+
+
+def test_grouped_attention_leaves_a_model_without_grouped_heads_alone(tmp_path: Path) -> None:
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
+    model = Qwen3ForCausalLM(config)
+    assert not kernels.use_grouped_attention(model)
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_without_gradients_and_with_the_adapter_off_the_layers_behave_as_peft(

@@ -15,6 +15,10 @@ layer than autograd keeps; ``SwiGLUDownFunction`` also runs a fused LoRA ``down_
 that product and recomputes it in backward instead of keeping it (the widest tensor of a
 layer). ``RMSNormFunction`` keeps a norm's output, which the fused projections after it
 keep anyway, instead of its input.
+
+``use_grouped_attention`` keeps grouped-query attention grouped on a CPU: transformers'
+SDPA path repeats each key/value head for every query head it serves whenever a mask is
+given (packed rows always have one), and SDPA then keeps the repeated copies for backward.
 """
 
 from __future__ import annotations
@@ -326,3 +330,69 @@ def install(model: nn.Module) -> int:
             module.forward = types.MethodType(_rms_norm_forward, module)
             changed += 1
     return changed
+
+
+GROUPED_ATTENTION = "tunelab_grouped_sdpa"
+
+
+def use_grouped_attention(model: nn.Module) -> bool:
+    """Switch an SDPA model with grouped key/value heads to the grouped attention below.
+
+    Returns whether the model was switched; models on another attention, or whose every
+    query head has its own key/value head, are left alone.
+    """
+    from transformers import AttentionInterface, PreTrainedModel
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    pretrained = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    grouped = any(getattr(m, "num_key_value_groups", 1) > 1 for m in model.modules())
+    if pretrained is None or not grouped or pretrained.config._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(GROUPED_ATTENTION, _grouped_sdpa)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+    pretrained.set_attn_implementation(GROUPED_ATTENTION)
+    return True
+
+
+def _grouped_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, with ``enable_gqa`` instead of repeated heads on a CPU.
+
+    Only for a boolean mask over a multi-token query: PyTorch's CPU flash kernel takes
+    that with grouped heads as it is (on CUDA a mask with grouped heads falls back to
+    the slow math kernel); every other case goes to transformers' own function.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    grouped = (
+        query.device.type == "cpu"
+        and attention_mask is not None
+        and attention_mask.dtype == torch.bool
+        and query.shape[2] > 1
+        and key.shape[1] != query.shape[1]
+        and kwargs.get("position_bias") is None
+        and kwargs.get("cache") is None
+        and kwargs.get("softcap") is None
+    )
+    if not grouped:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, **kwargs
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2).contiguous(), None

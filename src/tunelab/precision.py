@@ -84,7 +84,10 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
 
 
 def cpu_training_kernels(model: nn.Module, precision: str) -> None:
-    """On a CPU: bf16 frozen matmuls when asked, and the fused LoRA layers. On a GPU: nothing."""
+    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers and grouped attention.
+
+    On a GPU: nothing.
+    """
     from tunelab import kernels
 
     if torch.cuda.is_available():
@@ -92,6 +95,7 @@ def cpu_training_kernels(model: nn.Module, precision: str) -> None:
     if precision == "bf16":
         bf16_frozen_matmuls(model)
     kernels.install(model)
+    kernels.use_grouped_attention(model)
 
 
 def _inputs_to_bf16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
