@@ -135,11 +135,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, targets.numel(), chunk):
             rows, wanted = hidden[start : start + chunk], targets[start : start + chunk, None]
             logits = (rows @ weight.t()).float()
-            normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (normaliser - logits.gather(1, wanted)).sum()
+            wanted_logits = logits.gather(1, wanted)
+            # logsumexp by hand, in place: torch.logsumexp would hold a second chunk-sized tensor
+            maxima = logits.amax(dim=-1, keepdim=True)
+            exponentials = logits.sub_(maxima).exp_()
+            sums = exponentials.sum(dim=-1, keepdim=True)
+            total += (sums.log() + maxima - wanted_logits).sum()
             if not (wants_hidden or wants_weight):
                 continue
-            grad_logits = logits.sub_(normaliser).exp_()
+            grad_logits = exponentials.div_(sums)
             grad_logits.scatter_add_(1, wanted, torch.full_like(wanted, -1, dtype=torch.float32))
             grad_logits = grad_logits.to(weight.dtype)
             if wants_hidden:
