@@ -228,3 +228,16 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(qwen3_dir, tmp
     assert any(g.abs().sum() > 0 for g in grads[0])
     for with_checkpointing, without in zip(*grads, strict=True):
         torch.testing.assert_close(with_checkpointing, without)
+
+
+def test_a_first_ctrl_c_asks_to_stop_and_a_second_stops_at_once() -> None:
+    from tunelab.loop import _stop_after_step_on_ctrl_c
+
+    before = signal.getsignal(signal.SIGINT)
+    with _stop_after_step_on_ctrl_c() as stop_requested:
+        assert not stop_requested()
+        signal.raise_signal(signal.SIGINT)
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -8,10 +8,13 @@ run was assembled (see train.py) or how answers are scored (it is handed a score
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,19 +149,23 @@ def build_session(
 def run_loop(session: Session, start_step: int) -> int:
     """Train from ``start_step`` to the planned end; returns the last completed step.
 
-    Ctrl-C saves a checkpoint of the last completed step and raises ``Interrupted``.
+    Ctrl-C saves a checkpoint of the last completed step and raises ``Interrupted``: the
+    first one once the running step is done, a second one at once.
     """
     plan = session.plan
     stream = micro_batch_stream(session, start_step * plan.grad_accum)
     step = start_step
     session.display.start(step)
     try:
-        while step < plan.total_steps:
-            session.rng_at_step_start = capture_rng()
-            record = train_step(session, [next(stream) for _ in range(plan.grad_accum)])
-            step += 1
-            if after_step(session, step, record):
-                break
+        with _stop_after_step_on_ctrl_c() as stop_requested:
+            while step < plan.total_steps:
+                session.rng_at_step_start = capture_rng()
+                if stop_requested():
+                    raise KeyboardInterrupt
+                record = train_step(session, [next(stream) for _ in range(plan.grad_accum)])
+                step += 1
+                if after_step(session, step, record):
+                    break
     except KeyboardInterrupt:
         path = save(session, step, session.rng_at_step_start or capture_rng())
         raise Interrupted(
@@ -168,6 +175,32 @@ def run_loop(session: Session, start_step: int) -> int:
     finally:
         session.display.stop()
     return step
+
+
+@contextmanager
+def _stop_after_step_on_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """While training, the first SIGINT only asks to stop; a second raises at once.
+
+    An exception raised by a signal handler is dropped when it lands in a finalizer or a
+    weakref callback, and training would then go on; a flag cannot be lost that way.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        # os.write, not print: a handler may run in the middle of another write to stderr
+        os.write(2, b"\nstopping after this step; Ctrl-C again to stop now\n")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train_step(session: Session, micro: list[list[Any]]) -> dict[str, float]:
