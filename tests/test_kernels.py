@@ -98,16 +98,9 @@ def test_grouped_attention_on_packed_rows_matches_repeated_heads_and_keeps_less(
     assert _saved_activation_bytes(grouped, **inputs) < _saved_activation_bytes(repeated, **inputs)
 
 
-def test_grouped_attention_leaves_a_model_without_grouped_heads_alone(tmp_path: Path) -> None:
-    config = Qwen3Config(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
+def test_grouped_attention_leaves_a_model_without_grouped_heads_alone(qwen3_dir: Path) -> None:
+    config = Qwen3Config.from_pretrained(qwen3_dir)
+    config.num_key_value_heads = config.num_attention_heads
     model = Qwen3ForCausalLM(config)
     assert not kernels.use_grouped_attention(model)
     assert model.config._attn_implementation == "sdpa"

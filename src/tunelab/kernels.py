@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from tunelab.models import FastDropout
 
@@ -341,9 +344,6 @@ def use_grouped_attention(model: nn.Module) -> bool:
     Returns whether the model was switched; models on another attention, or whose every
     query head has its own key/value head, are left alone.
     """
-    from transformers import AttentionInterface, PreTrainedModel
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     pretrained = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
     grouped = any(getattr(m, "num_key_value_groups", 1) > 1 for m in model.modules())
     if pretrained is None or not grouped or pretrained.config._attn_implementation != "sdpa":
@@ -370,8 +370,6 @@ def _grouped_sdpa(
     that with grouped heads as it is (on CUDA a mask with grouped heads falls back to
     the slow math kernel); every other case goes to transformers' own function.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     grouped = (
         query.device.type == "cpu"
         and attention_mask is not None
