@@ -84,14 +84,16 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
 
 
 def cpu_training_kernels(model: nn.Module, precision: str) -> None:
-    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers and grouped attention.
+    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers, grouped attention,
+    and activation-sized blocks mapped from the OS (``tunelab.heap``).
 
     On a GPU: nothing.
     """
-    from tunelab import kernels
+    from tunelab import heap, kernels
 
     if torch.cuda.is_available():
         return
+    heap.map_large_blocks()
     if precision == "bf16":
         bf16_frozen_matmuls(model)
     kernels.install(model)

@@ -1,0 +1,37 @@
+"""The C heap under CPU training: activation-sized blocks come from the OS and go back to it.
+
+glibc serves a block below its mmap threshold from the heap, and raises that threshold (up
+to 32 MiB) to the size of any mapped block that is freed. So after a training step's first
+large free, activations of up to 32 MiB (a Qwen3-0.6B hidden state at 4,096 tokens is
+16 MiB) are carved from the heap, and the holes they leave stay resident. Measured on a
+gradient-checkpointed Qwen3-0.6B step at batch 8 x 512 on a CPU: resident memory grew
+145 MB per layer in the forward pass while 16 MB per layer were live, and the step peaked
+at 7.2 GB instead of 3.8 GB. A fixed threshold maps every block from 4 MiB up and unmaps it
+when it is freed. Smaller blocks stay on the heap: mapping them costs page faults on small,
+cheap operations (1 MiB: SmolLM2-135M steps 38% slower); at 4 MiB no step-time difference
+was measurable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+MAPPED_FROM_BYTES = 4 * 2**20
+USER_SETTING = "MALLOC_MMAP_THRESHOLD_"
+
+
+def map_large_blocks(threshold: int = MAPPED_FROM_BYTES) -> bool:
+    """Have glibc map blocks of ``threshold`` bytes and more, and unmap them when freed.
+
+    Process-wide and lasting. Returns whether it was set: not off Linux/glibc, and not when
+    ``MALLOC_MMAP_THRESHOLD_`` is in the environment, which is the user's own choice.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if USER_SETTING in os.environ:
+        return False
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
