@@ -72,6 +72,7 @@ def one_variant(
     from transformers import Qwen3ForCausalLM
 
     from tunelab.data.batching import Batch
+    from tunelab.models import set_activation_checkpointing
     from tunelab.precision import cpu_training_kernels, resolve_precision
     from tunelab.tasks.sft import CausalLMLoss
 
@@ -79,13 +80,13 @@ def one_variant(
     model = Qwen3ForCausalLM(qwen3_06b_config())
     model.config.use_cache = False
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(model, True)
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     )
     precision = resolve_precision(precision) if kernels else "fp32"
     if kernels:
-        cpu_training_kernels(model, precision)
+        cpu_training_kernels(model, precision, ROWS * WIDTH)
     ids = torch.randint(0, 151_643, (ROWS, WIDTH))
     labels = ids.clone()
     if labels_kind == "answers":

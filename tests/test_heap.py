@@ -17,13 +17,14 @@ from tunelab.heap import USER_SETTING
 # the setting lasts for the process.
 PROBE = """
 import json, os, sys, torch
-from tunelab.heap import map_large_blocks
+from tunelab.heap import map_activation_blocks
 
 def resident():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-mapped = sys.argv[1] == "map" and map_large_blocks()
+hidden_size, forward_tokens = int(sys.argv[1]), int(sys.argv[2])
+mapped = hidden_size > 0 and map_activation_blocks(hidden_size, forward_tokens)
 first = torch.ones(4 * 2**20)
 del first
 before = resident()
@@ -37,10 +38,10 @@ glibc_only = pytest.mark.skipif(
 )
 
 
-def _probe(mode: str, **env: str) -> dict:
+def _probe(hidden_size: int, forward_tokens: int, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k != USER_SETTING}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, mode],
+        [sys.executable, "-c", PROBE, str(hidden_size), str(forward_tokens)],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -51,13 +52,15 @@ def _probe(mode: str, **env: str) -> dict:
 
 @glibc_only
 def test_a_freed_activation_sized_block_leaves_nothing_resident() -> None:
-    default = _probe("keep")
-    mapped = _probe("map")
+    default = _probe(0, 0)
+    mapped = _probe(1024, 4096)  # Qwen3-0.6B's hidden states at 8 x 512: 16 MiB
     assert not default["mapped"] and default["kept_mib"] >= 15  # the heap keeps it
     assert mapped["mapped"] and mapped["kept_mib"] < 1
 
 
 @glibc_only
-def test_the_users_own_threshold_is_left_alone() -> None:
-    result = _probe("map", **{USER_SETTING: str(64 * 2**20)})
-    assert not result["mapped"]
+def test_small_passes_and_the_users_own_threshold_are_left_alone() -> None:
+    small = _probe(576, 768)  # SmolLM2-135M at the default forward_tokens: 1.7 MiB
+    assert not small["mapped"] and small["kept_mib"] >= 15
+    users = _probe(1024, 4096, **{USER_SETTING: str(64 * 2**20)})
+    assert not users["mapped"]

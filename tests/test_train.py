@@ -212,6 +212,7 @@ def test_existing_run_is_not_overwritten_by_accident(qwen3_dir, write_jsonl, tmp
 
 
 def test_gradient_checkpointing_recomputes_the_same_dropout_masks(qwen3_dir, tmp_path) -> None:
+    from tunelab.models import set_activation_checkpointing
     from tunelab.train import build_model
 
     raw = tiny_config(qwen3_dir, tmp_path / "unused.jsonl", tmp_path, gradient_checkpointing=True)
@@ -220,7 +221,7 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(qwen3_dir, tmp
     grads = []
     for checkpointing in (True, False):
         if not checkpointing:
-            model.get_base_model().gradient_checkpointing_disable()
+            set_activation_checkpointing(model.get_base_model(), False)
         model.zero_grad()
         torch.manual_seed(5)
         model(input_ids=ids).logits.pow(2).mean().backward()

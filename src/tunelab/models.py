@@ -140,6 +140,24 @@ def load_causal_lm(model_dir: Path, spec: ModelConfig, dtype: torch.dtype) -> Pr
     return model
 
 
+def set_activation_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
+    """Recompute each layer's activations in backward (non-reentrant), or stop doing so.
+
+    transformers 5.x renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``;
+    the old names warn and go in v6, and the first 5.x releases have only them.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enabled:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def attach_lora(
     model: PreTrainedModel,
     lora: LoraConfig,

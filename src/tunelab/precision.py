@@ -83,9 +83,10 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
     return converted
 
 
-def cpu_training_kernels(model: nn.Module, precision: str) -> None:
+def cpu_training_kernels(model: nn.Module, precision: str, forward_tokens: int) -> None:
     """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers, grouped attention,
-    and activation-sized blocks mapped from the OS (``tunelab.heap``).
+    and activation-sized blocks mapped from the OS (``tunelab.heap``) when passes of
+    ``forward_tokens`` make them big enough.
 
     On a GPU: nothing.
     """
@@ -93,7 +94,9 @@ def cpu_training_kernels(model: nn.Module, precision: str) -> None:
 
     if torch.cuda.is_available():
         return
-    heap.map_large_blocks()
+    hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
+    if hidden_size:
+        heap.map_activation_blocks(hidden_size, forward_tokens)
     if precision == "bf16":
         bf16_frozen_matmuls(model)
     kernels.install(model)

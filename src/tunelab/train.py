@@ -34,6 +34,7 @@ from tunelab.models import (
     load_classifier,
     load_tokenizer,
     resolve_model,
+    set_activation_checkpointing,
 )
 from tunelab.precision import base_dtype, cpu_training_kernels, resolve_precision
 from tunelab.report import print_data_report, write_eval
@@ -114,10 +115,10 @@ def build_model(model_dir: Path, config: RunConfig) -> Any:
     precision = resolve_precision(config.train.precision)
     model = load_causal_lm(model_dir, config.model, base_dtype(precision))
     if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(model, True)
     model.config.use_cache = False
     model = attach_lora(model, config.lora)
-    cpu_training_kernels(model, precision)
+    cpu_training_kernels(model, precision, config.train.forward_tokens)
     return model
 
 
@@ -196,7 +197,7 @@ def train_classifier(
     pad_id = tokenizer.pad_token_id
     model = load_classifier(model_dir, config.model, data.labels, pad_id, base_dtype(precision))
     model = attach_lora(model, config.lora, "SEQ_CLS", HEAD_MODULES)
-    cpu_training_kernels(model, precision)
+    cpu_training_kernels(model, precision, config.train.forward_tokens)
     batcher = class_batcher(pad_id, config.train.forward_tokens)
     loss = ClassifierLoss(model, class_weights(config, data.labels, data.train))
     samples = (data.train.samples, data.val.samples)
