@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import psutil
 import torch
 
 ROWS, WIDTH, ANSWER = 8, 512, 64
@@ -42,15 +41,6 @@ def qwen3_06b_config():
         max_position_embeddings=40_960,
         rope_theta=1_000_000.0,
     )
-
-
-def resident_mb() -> float:
-    """Resident memory now (the peak so far where /proc is missing): building the model
-    peaks above what the built model holds, so the step's own rise starts from here."""
-    statm = Path("/proc/self/statm")
-    if not statm.exists():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def one_variant(
@@ -91,7 +81,8 @@ def one_variant(
     labels = ids.clone()
     if labels_kind == "answers":
         labels[:, : WIDTH - ANSWER] = -100
-    baseline = resident_mb()
+    # resident now, not the peak so far: building the model peaks above what it then holds
+    baseline = psutil.Process().memory_info().rss / 2**20
     loss_module = CausalLMLoss(model)
     seconds = []
     for _ in range(steps):

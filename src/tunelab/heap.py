@@ -31,15 +31,18 @@ def map_activation_blocks(hidden_size: int, forward_tokens: int) -> bool:
     return map_large_blocks()
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on glibc, whose ``mallopt`` sets the threshold."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def map_large_blocks(threshold: int = MAPPED_FROM_BYTES) -> bool:
     """Have glibc map blocks of ``threshold`` bytes and more, and unmap them when freed.
 
     Process-wide and lasting. Returns whether it was set: not off Linux/glibc, and not when
     ``MALLOC_MMAP_THRESHOLD_`` is in the environment, which is the user's own choice.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if USER_SETTING in os.environ:
+    if not on_glibc() or USER_SETTING in os.environ:
         return False
     libc = ctypes.CDLL(None)  # the C library this process already runs on
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
