@@ -169,3 +169,23 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     again = json.loads((run / "eval" / "again" / "metrics.json").read_text())
     assert again["score"] == metrics["score"]  # the same rows and adapter give the same macro-F1
+
+
+def test_train_fraction_trains_on_leading_rows_with_the_whole_tables_labels(
+    tmp_path: Path, qwen3_tok
+) -> None:
+    rows = [{"text": f"t{i}", "label": "a" if i < 6 else "b"} for i in range(8)]
+    path = write_table(tmp_path / "t.jsonl", rows)
+    config = validate_config(
+        {"task": "classify", "data": {"train": str(path), "val": str(path), "train_fraction": 0.5}},
+        "t",
+    )
+    data = prepare_classify(config.data, qwen3_tok)
+    # label b only occurs after the share: the head still has it, as in the full run
+    assert data.labels == ["a", "b"]
+    assert data.report["train"]["kept"] == 4 and data.report["val"]["kept"] == 8
+    assert data.report["val"]["origin"]["train_fraction"] == {
+        "fraction": 0.5,
+        "rows_used": 4,
+        "rows_left_out": 4,
+    }

@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import (
@@ -23,6 +23,7 @@ from tunelab.data.readers import Reject, read_rows
 from tunelab.errors import TunelabError
 
 SHOWN_REJECTS = 10
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,15 +124,22 @@ def load_train_val(config: DataConfig) -> tuple[LoadedSet, LoadedSet, dict[str, 
             "rows": [str(e.source) for e in val_examples],
         }
         train, val = LoadedSet(train_examples, train.rejects, train.files), LoadedSet(val_examples)
-    if config.train_fraction < 1:
-        used = max(1, math.ceil(len(train.examples) * config.train_fraction))
-        origin["train_fraction"] = {
-            "fraction": config.train_fraction,
-            "rows_used": used,
-            "rows_left_out": len(train.examples) - used,
-        }
-        train = LoadedSet(train.examples[:used], train.rejects, train.files)
-    return train, val, origin
+    used, share = leading_share(train.examples, config.train_fraction)
+    if share:
+        origin["train_fraction"] = share
+    return LoadedSet(used, train.rejects, train.files), val, origin
+
+
+def leading_share(rows: Sequence[T], fraction: float) -> tuple[list[T], dict[str, Any]]:
+    """The first ``fraction`` of ``rows`` (at least one), in order, and what was left out.
+
+    The second item is empty when every row is used; else it is what the report shows.
+    """
+    if fraction >= 1:
+        return list(rows), {}
+    used = max(1, math.ceil(len(rows) * fraction))
+    share = {"fraction": fraction, "rows_used": used, "rows_left_out": len(rows) - used}
+    return list(rows[:used]), share
 
 
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:

@@ -18,7 +18,13 @@ from torch import nn
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.batching import Batch, fit_budget
-from tunelab.data.prepare import check_strict, describe_rejects, length_stats, split_holdout
+from tunelab.data.prepare import (
+    check_strict,
+    describe_rejects,
+    leading_share,
+    length_stats,
+    split_holdout,
+)
 from tunelab.data.readers import RawRow, Reject, Source, read_rows
 from tunelab.errors import TunelabError
 
@@ -166,6 +172,10 @@ def read_splits(data: DataConfig, val_files: Sequence[Path] | None = None) -> La
         )
         val_rejects = []
         origin = {"from": "split of train", "seed": data.split_seed, "fraction": data.val_fraction}
+    # after the labels and the split, so every share of a sweep has the same head and val rows
+    train_texts, share = leading_share(train_texts, data.train_fraction)
+    if share:
+        origin["train_fraction"] = share
     return LabelledSplits(train_texts, val_texts, labels, train_rejects, val_rejects, origin)
 
 
