@@ -47,7 +47,7 @@ def one_variant(
     variant: str,
     labels_kind: str,
     steps: int,
-    checkpointing: bool = False,
+    checkpointing: int = 0,
     kernels: bool = True,
     precision: str = "auto",
 ) -> dict:
@@ -70,7 +70,7 @@ def one_variant(
     model = Qwen3ForCausalLM(qwen3_06b_config())
     model.config.use_cache = False
     if checkpointing:
-        set_activation_checkpointing(model, True)
+        set_activation_checkpointing(model, checkpointing)
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     )
@@ -117,7 +117,15 @@ def main() -> None:
     parser.add_argument("--variant", choices=["plain", "tunelab"])
     parser.add_argument("--labels", choices=["answers", "all"], default="answers")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="N",
+        help="recompute every N-th decoder layer in backward (N omitted: every layer)",
+    )
     parser.add_argument(
         "--peft-layers",
         action="store_true",
@@ -149,7 +157,11 @@ def main() -> None:
                 labels_kind,
                 "--steps",
                 str(args.steps),
-                *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
+                *(
+                    ["--gradient-checkpointing", str(args.gradient_checkpointing)]
+                    if args.gradient_checkpointing
+                    else []
+                ),
                 *(["--peft-layers"] if args.peft_layers else []),
                 "--precision",
                 args.precision,

@@ -70,3 +70,15 @@ def test_classify_gets_its_own_learning_rate_unless_one_is_given() -> None:
     chosen = {"task": "classify", "data": {"train": "t.csv"}, "train": {"learning_rate": 5e-5}}
     assert validate_config(chosen, "c").train.learning_rate == 5e-5
     assert validate_config({"data": {"train": "t.csv"}}, "c").train.learning_rate == 2e-4
+
+
+@pytest.mark.parametrize(("setting", "every"), [(False, 0), (True, 1), (3, 3), ("yes", 1)])
+def test_gradient_checkpointing_takes_a_switch_or_layers_apart(setting, every) -> None:
+    raw = {"data": {"train": "t.jsonl"}, "train": {"gradient_checkpointing": setting}}
+    assert validate_config(raw, "c").train.checkpoint_every == every
+
+
+def test_gradient_checkpointing_below_zero_is_refused() -> None:
+    raw = {"data": {"train": "t.jsonl"}, "train": {"gradient_checkpointing": -2}}
+    with pytest.raises(TunelabError, match=r"train\.gradient_checkpointing.*N >= 1"):
+        validate_config(raw, "c")

@@ -119,8 +119,11 @@ class TrainConfig(Section):
         description="`auto`: bf16 on GPUs that support it and on CPUs with native bf16 "
         "(AVX-512 BF16 / AMX; frozen matmuls only), fp32 otherwise.",
     )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in backward: less memory, slower steps."
+    gradient_checkpointing: bool | int = Field(
+        False,
+        description="Recompute activations in backward: less memory, slower steps. `true` "
+        "recomputes every decoder layer; N recomputes every N-th and keeps the others' "
+        "activations, for a step between the two.",
     )
     compile: bool = Field(
         False,
@@ -131,6 +134,18 @@ class TrainConfig(Section):
     eval_every: int | None = Field(None, ge=1, description="Steps between eval-loss passes.")
     save_every: int | None = Field(50, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep.")
+
+    @field_validator("gradient_checkpointing")
+    @classmethod
+    def _layers_apart(cls, value: bool | int) -> bool | int:
+        if not isinstance(value, bool) and value < 0:
+            raise ValueError("expected true, false or N >= 1 (every N-th layer)")
+        return value
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Layers between recomputed ones: 0 none, 1 all, N every N-th."""
+        return int(self.gradient_checkpointing)
 
 
 MetricName = Literal["accuracy", "macro_f1", "exact_match", "bleu", "rouge_l", "invalid_rate"]

@@ -114,8 +114,8 @@ def build_model(model_dir: Path, config: RunConfig) -> Any:
     """The base model with a fresh LoRA adapter (frozen base, trainable adapter)."""
     precision = resolve_precision(config.train.precision)
     model = load_causal_lm(model_dir, config.model, base_dtype(precision))
-    if config.train.gradient_checkpointing:
-        set_activation_checkpointing(model, True)
+    if config.train.checkpoint_every:
+        set_activation_checkpointing(model, config.train.checkpoint_every)
     model.config.use_cache = False
     model = attach_lora(model, config.lora)
     cpu_training_kernels(model, precision, config.train.forward_tokens)
