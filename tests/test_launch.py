@@ -1,12 +1,19 @@
-"""Data parallelism on CPU: 2 processes (gloo) reach what 1 process reaches with the same batch."""
+"""Data parallelism on CPU: 2 processes (gloo) reach what 1 process reaches with the same batch,
+and stop together, after the same step, when a signal reaches any of them."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from contextlib import suppress
 from pathlib import Path
 
+import psutil
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -56,6 +63,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
 
     one, two = steps("one"), steps("two")
     assert [r["step"] for r in two] == [1, 2, 3, 4]  # logged once, not once per process
+    assert {r["processes"] for r in one} == {1} and {r["processes"] for r in two} == {2}
     for a, b in zip(one, two, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * a["loss"], (a["loss"], b["loss"])
         assert a["real_tokens"] == b["real_tokens"]
@@ -63,3 +71,52 @@ def test_two_processes_match_one_with_the_same_global_batch(
     second = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["the terminal's process group", "one worker"])
+def test_a_signal_stops_every_worker_after_the_same_step(
+    qwen3_dir, write_jsonl, tmp_path, target
+) -> None:
+    raw = {
+        "name": "c",
+        "output_dir": str(tmp_path),
+        "model": str(qwen3_dir),
+        "data": {"train": str(write_jsonl(alpaca_rows(40))), "max_length": 64},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {"max_steps": 100000, "batch_size": 4, "save_every": 3},
+        "eval": {"generate": False},
+    }
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "train", str(tmp_path / "c.json"), "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "c" / "checkpoints" / "step-000003").exists():
+            assert parent.poll() is None, parent.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        workers = psutil.Process(parent.pid).children()
+        assert len(workers) == 2
+        if target == "one worker":
+            rank_one = next(w for w in workers if w.environ()["RANK"] == "1")
+            rank_one.send_signal(signal.SIGINT)
+        else:
+            os.killpg(parent.pid, signal.SIGINT)
+        output = parent.communicate(timeout=120)[0]
+    finally:
+        with suppress(ProcessLookupError):  # a run of 100,000 steps must not outlive a test
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert parent.returncode == 130, output
+    assert output.count("interrupted after step") == 1 and "Traceback" not in output, output
+    step = int(output.split("interrupted after step ")[1].split(";")[0])
+    assert (tmp_path / "c" / "checkpoints" / f"step-{step:06d}").is_dir()
+    logged = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in logged) == step
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)

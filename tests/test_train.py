@@ -211,17 +211,24 @@ def test_existing_run_is_not_overwritten_by_accident(qwen3_dir, write_jsonl, tmp
     train(validate_config(raw, "test"), overwrite=True)
 
 
-def test_gradient_checkpointing_recomputes_the_same_dropout_masks(qwen3_dir, tmp_path) -> None:
+@pytest.mark.parametrize(("setting", "layers"), [(True, [True, True]), (2, [True, False])])
+def test_gradient_checkpointing_recomputes_the_same_dropout_masks(
+    qwen3_dir, tmp_path, setting, layers
+) -> None:
     from tunelab.models import set_activation_checkpointing
     from tunelab.train import build_model
 
-    raw = tiny_config(qwen3_dir, tmp_path / "unused.jsonl", tmp_path, gradient_checkpointing=True)
+    raw = tiny_config(
+        qwen3_dir, tmp_path / "unused.jsonl", tmp_path, gradient_checkpointing=setting
+    )
     model = build_model(qwen3_dir, validate_config(raw, "test")).train()
+    decoder = model.get_base_model().model.layers
+    assert [layer.gradient_checkpointing for layer in decoder] == layers
     ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
     grads = []
     for checkpointing in (True, False):
         if not checkpointing:
-            set_activation_checkpointing(model.get_base_model(), False)
+            set_activation_checkpointing(model.get_base_model(), 0)
         model.zero_grad()
         torch.manual_seed(5)
         model(input_ids=ids).logits.pow(2).mean().backward()
@@ -229,16 +236,3 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(qwen3_dir, tmp
     assert any(g.abs().sum() > 0 for g in grads[0])
     for with_checkpointing, without in zip(*grads, strict=True):
         torch.testing.assert_close(with_checkpointing, without)
-
-
-def test_a_first_ctrl_c_asks_to_stop_and_a_second_stops_at_once() -> None:
-    from tunelab.loop import _stop_after_step_on_ctrl_c
-
-    before = signal.getsignal(signal.SIGINT)
-    with _stop_after_step_on_ctrl_c() as stop_requested:
-        assert not stop_requested()
-        signal.raise_signal(signal.SIGINT)
-        assert stop_requested()
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before

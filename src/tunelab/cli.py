@@ -5,6 +5,7 @@ Heavy libraries (torch, transformers) are imported inside commands so `--help` i
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted, TunelabError
 
 app = typer.Typer(
     help="Fine-tune small open LLMs with LoRA: validated data in, an evaluated adapter out.",
@@ -494,5 +495,7 @@ def main() -> None:
     except TunelabError as error:
         from rich.markup import escape
 
-        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        # every worker of a data-parallel run stops after the same step; the main one says so
+        if not isinstance(error, Interrupted) or os.environ.get("RANK", "0") == "0":
+            console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         sys.exit(error.exit_code)

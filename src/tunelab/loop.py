@@ -8,13 +8,10 @@ run was assembled (see train.py) or how answers are scored (it is handed a score
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from tunelab.errors import Interrupted, TunelabError
 from tunelab.precision import autocast_mode, resolve_precision
 from tunelab.progress import TrainDisplay
 from tunelab.run_dir import RunDir
+from tunelab.stop import StopSignals, stop_signals
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 Scorer = Callable[[Any, int], float]  # (model, step) -> the eval metric
@@ -149,22 +147,26 @@ def build_session(
 def run_loop(session: Session, start_step: int) -> int:
     """Train from ``start_step`` to the planned end; returns the last completed step.
 
-    Ctrl-C saves a checkpoint of the last completed step and raises ``Interrupted``: the
-    first one once the running step is done, a second one at once.
+    Ctrl-C or SIGTERM saves a checkpoint of the last completed step and raises
+    ``Interrupted``: once the running step is done, or at once for a second Ctrl-C
+    (``tunelab.stop``).
     """
     plan = session.plan
     stream = micro_batch_stream(session, start_step * plan.grad_accum)
     step = start_step
+    interrupted = False
     session.display.start(step)
     try:
-        with _stop_after_step_on_ctrl_c() as stop_requested:
+        with stop_signals(announce=session.accelerator.is_main_process) as stops:
             while step < plan.total_steps:
                 session.rng_at_step_start = capture_rng()
-                if stop_requested():
+                if interrupted:
                     raise KeyboardInterrupt
-                record = train_step(session, [next(stream) for _ in range(plan.grad_accum)])
+                micro = [next(stream) for _ in range(plan.grad_accum)]
+                record = train_step(session, micro, stops)
                 step += 1
-                if after_step(session, step, record):
+                finished_early, interrupted = after_step(session, step, record, stops.requested)
+                if finished_early:
                     break
     except KeyboardInterrupt:
         path = save(session, step, session.rng_at_step_start or capture_rng())
@@ -177,33 +179,9 @@ def run_loop(session: Session, start_step: int) -> int:
     return step
 
 
-@contextmanager
-def _stop_after_step_on_ctrl_c() -> Iterator[Callable[[], bool]]:
-    """While training, the first SIGINT only asks to stop; a second raises at once.
-
-    An exception raised by a signal handler is dropped when it lands in a finalizer or a
-    weakref callback, and training would then go on; a flag cannot be lost that way.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    requested = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-        # os.write, not print: a handler may run in the middle of another write to stderr
-        os.write(2, b"\nstopping after this step; Ctrl-C again to stop now\n")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield requested.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def train_step(session: Session, micro: list[list[Any]]) -> dict[str, float]:
+def train_step(
+    session: Session, micro: list[list[Any]], stops: StopSignals | None = None
+) -> dict[str, float]:
     """One optimizer step over the samples of ``grad_accum`` micro-batches.
 
     Each process takes its share of the step's samples; they go through the model in as
@@ -231,9 +209,10 @@ def train_step(session: Session, micro: list[list[Any]]) -> dict[str, float]:
             accelerator.backward(summed * weight)
         loss_sum += 0.0 if ghost else summed.item()
     grad_norm = _clip(session)
-    session.optimizer.step()
-    session.scheduler.step()
-    session.optimizer.zero_grad(set_to_none=True)
+    with stops.update() if stops else nullcontext():
+        session.optimizer.step()
+        session.scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
     real = 0 if ghost else sum(b.real_tokens for b in batches)
     padded = 0 if ghost else sum(b.padded_tokens for b in batches)
@@ -248,14 +227,21 @@ def train_step(session: Session, micro: list[list[Any]]) -> dict[str, float]:
         "real_tokens": int(real),
         "padded_tokens": int(padded),
         "seconds": seconds,
+        "processes": accelerator.num_processes,
     }
 
 
-def after_step(session: Session, step: int, record: dict[str, float]) -> bool:
-    """Log, evaluate and checkpoint as the config asks; True when training should stop."""
+def after_step(
+    session: Session, step: int, record: dict[str, float], stop_requested: bool = False
+) -> tuple[bool, bool]:
+    """Log, evaluate and checkpoint as the config asks.
+
+    Returns (finished early, interrupted), agreed by every process: each one stops after
+    the same step, whichever of them a signal or the plateau reached.
+    """
     cfg = session.config.train
     session.display.update(step, record)
-    stop = False
+    plateau = False
     if session.accelerator.is_main_process:
         if step % cfg.log_every == 0 or step == session.plan.total_steps:
             epoch = session.plan.epoch_at(step)
@@ -264,11 +250,14 @@ def after_step(session: Session, step: int, record: dict[str, float]) -> bool:
             log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
         every = session.config.eval.every
         if session.scorer is not None and every and step % every == 0:
-            stop = score_and_keep_best(session, step)
-    stop = bool(session.accelerator.reduce(torch.tensor(float(stop)), reduction="sum").item())
-    if cfg.save_every and (step % cfg.save_every == 0 or stop):
+            plateau = score_and_keep_best(session, step)
+    flags = torch.tensor([plateau, stop_requested], dtype=torch.float32)
+    agreed = session.accelerator.reduce(flags.to(session.accelerator.device), reduction="sum")
+    plateau, interrupted = (bool(flag) for flag in agreed.tolist())
+    # an interrupted run saves on its way out
+    if cfg.save_every and not interrupted and (step % cfg.save_every == 0 or plateau):
         save(session, step, capture_rng())
-    return stop
+    return plateau, interrupted
 
 
 def score_and_keep_best(session: Session, step: int) -> bool:
