@@ -35,6 +35,21 @@ CONTENDERS: dict[str, list[str]] = {
         "data.packing=false",
     ],
     TUNELAB_DEFAULTS: ["bench.tunelab_recipe", "--defaults", "--precision", "auto"],
+    "tunelab, seed LoRA settings, fp32, 2 processes": [
+        "bench.tunelab_recipe",
+        "--precision",
+        "fp32",
+        "--nproc",
+        "2",
+    ],
+    "tunelab, its defaults, 2 processes": [
+        "bench.tunelab_recipe",
+        "--defaults",
+        "--precision",
+        "auto",
+        "--nproc",
+        "2",
+    ],
 }
 NO_BF16 = (
     "skipped: this CPU has no native bf16 (AVX-512 BF16 or AMX), so tunelab refuses "

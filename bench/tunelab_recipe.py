@@ -1,14 +1,19 @@
 """tunelab on the shared workload: its own loop, with the LoRA settings given.
 
 `--defaults` keeps tunelab's own LoRA settings (r 16, dropout 0) instead of the workload's;
-`--precision` picks fp32 or bf16 autocast. Prints one JSON line like trainer_recipe.py.
+`--precision` picks fp32 or bf16 autocast; `--nproc N` trains data-parallel in N processes
+as `tunelab train --nproc N` does (peak RSS is then the sum of theirs). Prints one JSON line
+like trainer_recipe.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
 import time
 
 from accelerate.utils import set_seed
@@ -16,6 +21,7 @@ from rich.console import Console
 
 from bench.workload import WORK_DIR, load_workload
 from tunelab.config import validate_config
+from tunelab.launch import free_port, wait_for_workers, worker_environment
 from tunelab.loop import build_accelerator, build_session, run_loop
 from tunelab.models import load_tokenizer
 from tunelab.run_dir import RunDir
@@ -30,10 +36,14 @@ def main() -> None:
     parser.add_argument("--workload", required=True)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--defaults", action="store_true")
+    parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument(
         "--set", action="append", default=[], help="KEY=VALUE (train) or data.KEY=VALUE"
     )
     args = parser.parse_args()
+    if args.nproc > 1 and "RANK" not in os.environ:
+        print(json.dumps(in_workers(args.nproc)))
+        return
     work = load_workload(args.workload)
     lora = (
         {}
@@ -74,8 +84,10 @@ def main() -> None:
         "bench",
     )
     run = RunDir(config.run_dir)
-    run.start(resume=False, overwrite=True)
     accelerator = build_accelerator(config.train)
+    if accelerator.is_main_process:
+        run.start(resume=False, overwrite=True)
+    accelerator.wait_for_everyone()
     set_seed(work.seed)
     tokenizer = load_tokenizer(work.model_dir)
     data = prepare_sft(config.data, tokenizer)
@@ -101,6 +113,25 @@ def main() -> None:
             }
         )
     )
+
+
+def in_workers(nproc: int) -> dict:
+    """This command in ``nproc`` workers: the main one's result, with every worker's peak RSS."""
+    port = free_port()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.tunelab_recipe", *sys.argv[1:]],
+            env=worker_environment(rank, nproc, port),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(nproc)
+    ]
+    outputs = [worker.communicate()[0] for worker in workers]
+    if wait_for_workers(workers):
+        raise SystemExit(f"a worker failed: {[w.returncode for w in workers]}")
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    return {**results[0], "peak_rss_mb": sum(r["peak_rss_mb"] for r in results)}
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ def worker_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
     return environment
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for the workers to meet at."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def without_option(arguments: list[str], name: str) -> list[str]:
     """The arguments minus ``name VALUE`` / ``name=VALUE``.
 
@@ -72,9 +79,7 @@ def relaunch(nproc: int, arguments: list[str]) -> int:
     leave them printing after the prompt is back. A SIGTERM sent to this process alone is
     passed on to them.
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "tunelab", *arguments]
     workers = [
         subprocess.Popen(command, env=worker_environment(rank, nproc, port))
