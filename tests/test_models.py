@@ -162,3 +162,17 @@ def test_a_qwen3_gguf_file_converts_and_matches_the_gguf_model(tmp_path: Path) -
     ids = torch.tensor([[1, 200, 3000, 45]])
     with torch.no_grad():
         assert torch.equal(original(ids).logits, copy(ids).logits)
+
+
+def test_every_n_th_layer_needs_a_transformers_that_takes_it() -> None:
+    from tunelab.models import set_activation_checkpointing
+
+    class BeforeTheRename:  # the first transformers 5.x releases: old names, no every_n_layers
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict) -> None:
+            self.enabled = gradient_checkpointing_kwargs
+
+    model = BeforeTheRename()
+    with pytest.raises(TunelabError, match="takes every_n_layers; use true"):
+        set_activation_checkpointing(model, 2)
+    set_activation_checkpointing(model, 1)
+    assert model.enabled == {"use_reentrant": False}

@@ -144,34 +144,30 @@ def load_causal_lm(model_dir: Path, spec: ModelConfig, dtype: torch.dtype) -> Pr
 def set_activation_checkpointing(model: PreTrainedModel, every_n_layers: int) -> None:
     """Recompute every ``every_n_layers``-th decoder layer in backward (non-reentrant); 0: none.
 
-    transformers 5.x renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``
-    and added ``every_n_layers`` with it; the old names warn and go in v6, and the first 5.x
-    releases have only them.
+    Later transformers 5.x releases rename ``gradient_checkpointing_*`` to
+    ``activation_checkpointing_*`` (the old names warn and go in v6) and take
+    ``every_n_layers``; the first 5.x releases have only the old names.
     """
     kwargs = {"use_reentrant": False}
     renamed = hasattr(model, "activation_checkpointing_enable")
-    if every_n_layers == 0:
-        (
-            model.activation_checkpointing_disable
-            if renamed
-            else model.gradient_checkpointing_disable
-        )()
-    elif every_n_layers == 1 and not renamed:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    elif every_n_layers == 1:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    elif (
+    takes_every = (
         renamed and "every_n_layers" in signature(model.activation_checkpointing_enable).parameters
-    ):
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers
-        )
-    else:
+    )
+    if every_n_layers > 1 and not takes_every:
         raise TunelabError(
             f"train.gradient_checkpointing: {every_n_layers} (every N-th layer) needs a "
             "transformers release whose activation_checkpointing_enable takes every_n_layers; "
             "use true, or upgrade transformers"
         )
+    if not renamed and every_n_layers:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif not renamed:
+        model.gradient_checkpointing_disable()
+    elif every_n_layers:
+        every = {"every_n_layers": every_n_layers} if every_n_layers > 1 else {}
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **every)
+    else:
+        model.activation_checkpointing_disable()
 
 
 def attach_lora(
