@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bench.workload import WORK_DIR, load_workload
 from tunelab.config import validate_config
-from tunelab.launch import free_port, wait_for_workers, worker_environment
+from tunelab.launch import start_workers, wait_for_workers
 from tunelab.loop import build_accelerator, build_session, run_loop
 from tunelab.models import load_tokenizer
 from tunelab.run_dir import RunDir
@@ -117,16 +117,8 @@ def main() -> None:
 
 def in_workers(nproc: int) -> dict:
     """This command in ``nproc`` workers: the main one's result, with every worker's peak RSS."""
-    port = free_port()
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.tunelab_recipe", *sys.argv[1:]],
-            env=worker_environment(rank, nproc, port),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(nproc)
-    ]
+    command = [sys.executable, "-m", "bench.tunelab_recipe", *sys.argv[1:]]
+    workers = start_workers(command, nproc, stdout=subprocess.PIPE, text=True)
     outputs = [worker.communicate()[0] for worker in workers]
     if wait_for_workers(workers):
         raise SystemExit(f"a worker failed: {[w.returncode for w in workers]}")

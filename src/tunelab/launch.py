@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -46,11 +47,15 @@ def worker_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
     return environment
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now, for the workers to meet at."""
+def start_workers(command: list[str], nproc: int, **popen: Any) -> list[subprocess.Popen]:
+    """``command`` in ``nproc`` workers that meet at a free port on 127.0.0.1."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port = probe.getsockname()[1]
+    return [
+        subprocess.Popen(command, env=worker_environment(rank, nproc, port), **popen)
+        for rank in range(nproc)
+    ]
 
 
 def without_option(arguments: list[str], name: str) -> list[str]:
@@ -79,12 +84,7 @@ def relaunch(nproc: int, arguments: list[str]) -> int:
     leave them printing after the prompt is back. A SIGTERM sent to this process alone is
     passed on to them.
     """
-    port = free_port()
-    command = [sys.executable, "-m", "tunelab", *arguments]
-    workers = [
-        subprocess.Popen(command, env=worker_environment(rank, nproc, port))
-        for rank in range(nproc)
-    ]
+    workers = start_workers([sys.executable, "-m", "tunelab", *arguments], nproc)
 
     def pass_on(number: int, frame: object) -> None:
         for worker in workers:
