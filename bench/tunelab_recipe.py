@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 
 from bench.workload import WORK_DIR, load_workload
+from tunelab import kernels
 from tunelab.config import validate_config
 from tunelab.launch import start_workers, wait_for_workers
 from tunelab.loop import build_accelerator, build_session, run_loop
@@ -92,7 +93,12 @@ def main() -> None:
     tokenizer = load_tokenizer(work.model_dir)
     data = prepare_sft(config.data, tokenizer)
     model = build_model(work.model_dir, config)
-    batcher = sft_batcher(config.data, config.train.forward_tokens, tokenizer.pad_token_id)
+    batcher = sft_batcher(
+        config.data,
+        config.train.forward_tokens,
+        tokenizer.pad_token_id,
+        segmented=kernels.takes_sample_boundaries(model),
+    )
     samples = (data.train.samples, data.val.samples)
     session = build_session(
         config, run, accelerator, CausalLMLoss(model), samples, batcher, Console(quiet=True)

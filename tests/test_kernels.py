@@ -88,8 +88,8 @@ def test_grouped_attention_on_packed_rows_matches_repeated_heads_and_keeps_less(
     inputs = {"input_ids": ids, "position_ids": positions, "use_cache": False}
     repeated = _tiny_lora_model(qwen3_dir, fused=True)
     grouped = _tiny_lora_model(qwen3_dir, fused=True)
-    assert kernels.use_grouped_attention(grouped)
-    assert grouped.config._attn_implementation == kernels.GROUPED_ATTENTION
+    assert kernels.use_cpu_attention(grouped)
+    assert grouped.config._attn_implementation == kernels.CPU_ATTENTION
     reference_logits, reference = _loss_and_grads(repeated, **inputs)
     logits, grads = _loss_and_grads(grouped, **inputs)
     torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-6)
@@ -98,12 +98,62 @@ def test_grouped_attention_on_packed_rows_matches_repeated_heads_and_keeps_less(
     assert _saved_activation_bytes(grouped, **inputs) < _saved_activation_bytes(repeated, **inputs)
 
 
-def test_grouped_attention_leaves_a_model_without_grouped_heads_alone(qwen3_dir: Path) -> None:
+def _tiny_lora_from_config(config: Qwen3Config) -> Any:
+    torch.manual_seed(0)
+    model = attach_lora(Qwen3ForCausalLM(config), LoraConfig(r=4, dropout=0.1))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    kernels.install(model)
+    return model.train()
+
+
+@pytest.mark.parametrize("grouped_heads", [True, False], ids=["grouped", "one-kv-per-query"])
+def test_attention_per_sample_matches_the_block_mask(
+    qwen3_dir: Path, grouped_heads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lengths = [7, 12, 5]
+    ids = torch.randint(0, 151_000, (1, sum(lengths)), generator=torch.Generator().manual_seed(6))
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    starts = torch.tensor([0, 7, 19, 24], dtype=torch.int32)
+    boundaries = {"cu_seq_lens_q": starts, "cu_seq_lens_k": starts}
+    inputs = {"input_ids": ids, "position_ids": positions, "use_cache": False}
     config = Qwen3Config.from_pretrained(qwen3_dir)
-    config.num_key_value_heads = config.num_attention_heads
-    model = Qwen3ForCausalLM(config)
-    assert not kernels.use_grouped_attention(model)
-    assert model.config._attn_implementation == "sdpa"
+    if not grouped_heads:
+        config.num_key_value_heads = config.num_attention_heads
+    masked, per_sample = _tiny_lora_from_config(config), _tiny_lora_from_config(config)
+    assert kernels.use_cpu_attention(per_sample) and kernels.takes_sample_boundaries(per_sample)
+    reference_logits, reference = _loss_and_grads(masked, **inputs)
+    calls = _count_sdpa_calls(monkeypatch)
+    logits, grads = _loss_and_grads(per_sample, **inputs, **boundaries)
+    # one causal call per sample and layer, no mask
+    assert calls == [None] * (config.num_hidden_layers * len(lengths))
+    torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _count_sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The mask of every SDPA call from now on (None where a causal call had none)."""
+    calls: list[Any] = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        causal = kwargs.get("is_causal", False)
+        calls.append(kwargs.get("attn_mask", None if causal else "neither mask nor causal"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def test_cpu_attention_leaves_a_model_on_another_attention_alone(qwen3_dir: Path) -> None:
+    model = Qwen3ForCausalLM._from_config(
+        Qwen3Config.from_pretrained(qwen3_dir), attn_implementation="eager"
+    )
+    assert not kernels.use_cpu_attention(model)
+    assert model.config._attn_implementation == "eager"
+    assert not kernels.takes_sample_boundaries(model)
 
 
 def test_without_gradients_and_with_the_adapter_off_the_layers_behave_as_peft(

@@ -16,13 +16,15 @@ that product and recomputes it in backward instead of keeping it (the widest ten
 layer). ``RMSNormFunction`` keeps a norm's output, which the fused projections after it
 keep anyway, instead of its input.
 
-``use_grouped_attention`` keeps grouped-query attention grouped on a CPU: transformers'
-SDPA path repeats each key/value head for every query head it serves whenever a mask is
-given (packed rows always have one), and SDPA then keeps the repeated copies for backward.
+``use_cpu_attention`` computes each sample of a packed row on its own when the batch says
+where samples start, and otherwise keeps grouped-query attention grouped on a CPU:
+transformers' SDPA path repeats each key/value head for every query head it serves whenever
+a mask is given, and SDPA then keeps the repeated copies for backward.
 """
 
 from __future__ import annotations
 
+import itertools
 import types
 import weakref
 from typing import Any
@@ -75,7 +77,7 @@ def _lora_forward(
     ``rows_low``: ``rows`` in the base weight's dtype.
     """
     weight, bias, lora_a, lora_b, scaling, keep, keep_prob = parts
-    adapter_input = rows if keep is None else _masked(rows.clone(), keep, in_place=True)
+    adapter_input = rows if keep is None else _masked(rows, keep)
     projected = adapter_input @ lora_a.t()
     if keep is not None:
         projected.mul_(1.0 / keep_prob)
@@ -335,26 +337,39 @@ def install(model: nn.Module) -> int:
     return changed
 
 
-GROUPED_ATTENTION = "tunelab_grouped_sdpa"
+CPU_ATTENTION = "tunelab_sdpa"
 
 
-def use_grouped_attention(model: nn.Module) -> bool:
-    """Switch an SDPA model with grouped key/value heads to the grouped attention below.
+def use_cpu_attention(model: nn.Module) -> bool:
+    """Switch an SDPA model to the attention below; returns whether it was switched.
 
-    Returns whether the model was switched; models on another attention, or whose every
-    query head has its own key/value head, are left alone.
+    Models on another attention are left alone.
     """
-    pretrained = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-    grouped = any(getattr(m, "num_key_value_groups", 1) > 1 for m in model.modules())
-    if pretrained is None or not grouped or pretrained.config._attn_implementation != "sdpa":
+    pretrained = _pretrained(model)
+    if pretrained is None or pretrained.config._attn_implementation != "sdpa":
         return False
-    AttentionInterface.register(GROUPED_ATTENTION, _grouped_sdpa)
-    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
-    pretrained.set_attn_implementation(GROUPED_ATTENTION)
+    AttentionInterface.register(CPU_ATTENTION, _cpu_sdpa)
+    AttentionMaskInterface.register(CPU_ATTENTION, sdpa_mask)
+    pretrained.set_attn_implementation(CPU_ATTENTION)
     return True
 
 
-def _grouped_sdpa(
+def takes_sample_boundaries(model: nn.Module) -> bool:
+    """Whether the model's attention computes each sample of a packed row on its own when
+    given ``Batch.attention_kwargs``: on the attention below, without a sliding window."""
+    pretrained = _pretrained(model)
+    return (
+        pretrained is not None
+        and pretrained.config._attn_implementation == CPU_ATTENTION
+        and getattr(pretrained.config, "sliding_window", None) is None
+    )
+
+
+def _pretrained(model: nn.Module) -> PreTrainedModel | None:
+    return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+
+
+def _cpu_sdpa(
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -364,21 +379,28 @@ def _grouped_sdpa(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention, with ``enable_gqa`` instead of repeated heads on a CPU.
+    """transformers' SDPA attention, with two cases of a packed row done leaner.
 
-    Only for a boolean mask over a multi-token query: PyTorch's CPU flash kernel takes
-    that with grouped heads as it is (on CUDA a mask with grouped heads falls back to
-    the slow math kernel); every other case goes to transformers' own function.
+    Given sample boundaries (``cu_seq_lens_q``) for one row, each sample attends to itself
+    with a causal kernel: the block-diagonal mask would make the kernel compute every
+    sample against every other and throw it away. Given a boolean mask over a multi-token
+    query on a CPU, grouped key/value heads stay grouped (``enable_gqa``): transformers
+    repeats them whenever a mask is given, and SDPA keeps the copies for backward (PyTorch's
+    CPU flash kernel takes a mask with grouped heads as it is; on CUDA that would fall back
+    to the slow math kernel). Every other case goes to transformers' own function.
     """
+    plain = all(kwargs.get(k) is None for k in ("position_bias", "cache", "softcap"))
+    starts = kwargs.get("cu_seq_lens_q")
+    one_row = starts is not None and query.shape[0] == 1 and query.shape[2] > 1
+    if plain and one_row and kwargs.get("sliding_window") is None:
+        return _per_sample_attention(query, key, value, starts.tolist(), dropout, scaling)
     grouped = (
-        query.device.type == "cpu"
+        plain
+        and query.device.type == "cpu"
         and attention_mask is not None
         and attention_mask.dtype == torch.bool
         and query.shape[2] > 1
         and key.shape[1] != query.shape[1]
-        and kwargs.get("position_bias") is None
-        and kwargs.get("cache") is None
-        and kwargs.get("softcap") is None
     )
     if not grouped:
         return sdpa_attention_forward(
@@ -394,3 +416,29 @@ def _grouped_sdpa(
         enable_gqa=True,
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def _per_sample_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    starts: list[int],
+    dropout: float,
+    scaling: float | None,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each ``[starts[i], starts[i + 1])`` of a (1, heads, length,
+    dim) row; returns (1, length, heads, dim) as transformers' attention functions do."""
+    grouped = key.shape[1] != query.shape[1]
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=grouped,
+        ).transpose(1, 2)
+        for start, end in itertools.pairwise(starts)
+    ]
+    return torch.cat(parts, dim=1), None

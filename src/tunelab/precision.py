@@ -84,7 +84,7 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
 
 
 def cpu_training_kernels(model: nn.Module, precision: str, forward_tokens: int) -> None:
-    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers, grouped attention,
+    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers, tunelab's attention,
     and activation-sized blocks mapped from the OS (``tunelab.heap``) when passes of
     ``forward_tokens`` make them big enough.
 
@@ -100,7 +100,7 @@ def cpu_training_kernels(model: nn.Module, precision: str, forward_tokens: int) 
     if precision == "bf16":
         bf16_frozen_matmuls(model)
     kernels.install(model)
-    kernels.use_grouped_attention(model)
+    kernels.use_cpu_attention(model)
 
 
 def _inputs_to_bf16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tunelab import kernels
 from tunelab.baseline import classify_baseline, is_label_task, sft_baseline
 from tunelab.config import RunConfig, dump_config
 from tunelab.data.prepare import write_rejects
@@ -90,7 +91,12 @@ def train(
     if accelerator.is_main_process:
         write_run_inputs(config, run, data, console)
     model = build_model(model_dir, config)
-    batcher = sft_batcher(config.data, config.train.forward_tokens, tokenizer.pad_token_id)
+    batcher = sft_batcher(
+        config.data,
+        config.train.forward_tokens,
+        tokenizer.pad_token_id,
+        segmented=kernels.takes_sample_boundaries(model),
+    )
     samples = (data.train.samples, data.val.samples)
     session = build_session(
         config, run, accelerator, CausalLMLoss(model), samples, batcher, console

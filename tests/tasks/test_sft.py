@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from tunelab.data.batching import collate
+from tunelab import kernels
+from tunelab.data.batching import collate, forward_batches
 from tunelab.data.encode import IGNORE_INDEX, encode_chat
 from tunelab.tasks.sft import CausalLMLoss, chunked_cross_entropy
 
@@ -42,6 +43,14 @@ def test_packed_loss_equals_the_unpacked_loss(qwen3_dir, qwen3_tok) -> None:
     assert packed_count.item() == padded_count.item() == expected_count
     torch.testing.assert_close(
         packed_sum / packed_count, reference / expected_count, rtol=0, atol=1e-5
+    )
+    assert kernels.use_cpu_attention(model)
+    (segmented,) = forward_batches(samples, qwen3_tok.pad_token_id, 96, 4096, segmented=True)
+    assert segmented.input_ids.shape[0] == 1 and segmented.cu_seq_lens.numel() == 7
+    segmented_sum, segmented_count = loss(segmented)
+    assert segmented_count.item() == expected_count
+    torch.testing.assert_close(
+        segmented_sum / segmented_count, reference / expected_count, rtol=0, atol=1e-5
     )
     torch.testing.assert_close(
         padded_sum / padded_count, reference / expected_count, rtol=0, atol=1e-5

@@ -3,12 +3,16 @@
 Packing places several samples in one row with position ids restarting at 0 for each
 sample and no attention mask: transformers then derives a block-diagonal mask from the
 position ids, so no sample attends to another and per-sample losses equal unpacked ones.
+Where the attention computes each sample on its own (``kernels.use_cpu_attention``), a
+forward pass is one row holding as many samples as its token budget allows, no padding at
+all, and the batch says where each sample starts (``cu_seq_lens``, as flash-attn takes them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,6 +33,20 @@ class Batch:
     attention_mask: torch.Tensor | None
     real_tokens: int
     targets: int
+    cu_seq_lens: torch.Tensor | None = None
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any]:
+        """What the model's attention is told of the samples in the row (nothing if padded)."""
+        if self.cu_seq_lens is None:
+            return {}
+        longest = int((self.cu_seq_lens[1:] - self.cu_seq_lens[:-1]).max())
+        return {
+            "cu_seq_lens_q": self.cu_seq_lens,
+            "cu_seq_lens_k": self.cu_seq_lens,
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }
 
     @property
     def padded_tokens(self) -> int:
@@ -38,6 +56,7 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         """The same batch on ``device``."""
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        starts = None if self.cu_seq_lens is None else self.cu_seq_lens.to(device)
         return Batch(
             self.input_ids.to(device),
             self.labels.to(device),
@@ -45,17 +64,26 @@ class Batch:
             mask,
             self.real_tokens,
             self.targets,
+            starts,
         )
 
 
 def forward_batches(
-    samples: Sequence[Encoded], pad_id: int, pack_length: int | None, token_budget: int
+    samples: Sequence[Encoded],
+    pad_id: int,
+    pack_length: int | None,
+    token_budget: int,
+    segmented: bool = False,
 ) -> list[Batch]:
     """Split samples into as few forward passes as hold at most ``token_budget`` padded tokens.
 
     With a loss summed over tokens and divided by the step's target tokens, how the
     samples of a step fall into passes does not change the gradient, only the speed.
+    ``segmented`` (packing only): one unpadded row per pass, for an attention that takes
+    ``Batch.attention_kwargs``; a sample longer than the budget gets a row of its own.
     """
+    if pack_length is not None and segmented:
+        return [_segmented(row) for row in pack_first_fit(samples, token_budget)]
     if pack_length is None:
         ordered = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)
         return [
@@ -111,6 +139,15 @@ def _packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
         positions[r, start:] = torch.arange(width - start)
     real = sum(_row_length(row) for row in rows)
     return Batch(ids, labels, positions, None, real, _shifted_targets(labels))
+
+
+def _segmented(row: list[Encoded]) -> Batch:
+    lengths = torch.tensor([len(s.input_ids) for s in row])
+    ids = torch.tensor([[t for s in row for t in s.input_ids]])
+    labels = torch.tensor([[t for s in row for t in _own_labels(s)]])
+    positions = torch.cat([torch.arange(n) for n in lengths.tolist()]).unsqueeze(0)
+    starts = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
+    return Batch(ids, labels, positions, None, ids.numel(), _shifted_targets(labels), starts)
 
 
 def pack_first_fit(samples: Sequence[Encoded], capacity: int) -> list[list[Encoded]]:

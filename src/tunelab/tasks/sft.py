@@ -83,6 +83,7 @@ class CausalLMLoss(nn.Module):
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
+            **batch.attention_kwargs,
         ).last_hidden_state
         targets = batch.labels[:, 1:]
         keep = targets != IGNORE_INDEX
@@ -227,12 +228,13 @@ def split_summary(encoded: EncodedSet) -> dict[str, Any]:
 
 
 def sft_batcher(
-    data: DataConfig, forward_tokens: int, pad_id: int
+    data: DataConfig, forward_tokens: int, pad_id: int, segmented: bool = False
 ) -> Callable[[Sequence[Encoded]], list[Batch]]:
-    """Samples -> forward passes: packed (or padded) rows within the token budget."""
+    """Samples -> forward passes: packed (or padded) rows within the token budget; with
+    ``segmented`` (the model's attention takes sample boundaries), one unpadded row each."""
     pack_length = data.max_length if data.packing else None
 
     def batches(samples: Sequence[Encoded]) -> list[Batch]:
-        return forward_batches(samples, pad_id, pack_length, forward_tokens)
+        return forward_batches(samples, pad_id, pack_length, forward_tokens, segmented)
 
     return batches
