@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,41 @@ def test_two_processes_match_one_with_the_same_global_batch(
     second = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=1e-4, atol=1e-5)
+
+
+def test_two_process_resume_with_dropout_equals_the_uninterrupted_run(
+    qwen3_dir, write_jsonl, tmp_path
+) -> None:
+    raw = {
+        "name": "r",
+        "output_dir": str(tmp_path),
+        "model": str(qwen3_dir),
+        "data": {"train": str(write_jsonl(alpaca_rows(40))), "max_length": 64},
+        # dropout: each process draws its own masks, from its own generator state
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.2},
+        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 2},
+        "eval": {"generate": False},
+    }
+    (tmp_path / "r.json").write_text(json.dumps(raw))
+    whole = run(tmp_path / "r.json", "--nproc", "2")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    run_dir = tmp_path / "r"
+    uninterrupted = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    # as if stopped after step 2: its checkpoint is the newest, nothing after it survives
+    shutil.rmtree(run_dir / "checkpoints" / "step-000004")
+    shutil.rmtree(run_dir / "adapter")
+    resumed = run(tmp_path / "r.json", "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "does not repeat" not in resumed.stdout
+    again = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert again.keys() == uninterrupted.keys()
+    for key in again:
+        assert torch.equal(again[key], uninterrupted[key]), key
+    # one process taking over two processes' checkpoint goes on, and says it cannot be exact
+    shutil.rmtree(run_dir / "checkpoints" / "step-000004")
+    alone = run(tmp_path / "r.json", "--resume")
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "saved by 2 process(es) and this run has 1" in " ".join(alone.stdout.split())
 
 
 @pytest.mark.parametrize("target", ["the terminal's process group", "one worker"])

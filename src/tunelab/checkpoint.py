@@ -1,5 +1,8 @@
 """Checkpoints that resume bit-exactly: adapter, optimizer, scheduler and RNG state.
 
+Each process of a data-parallel run draws its own dropout masks, so the RNG state of
+every process is kept, in rank order; a process resumes from its own.
+
 Everything is written as safetensors (tensors) and JSON (the rest), into a temporary
 directory that is renamed into place, so a checkpoint is either whole or absent.
 """
@@ -27,7 +30,7 @@ class TrainingState:
 
     step: int
     scheduler: dict[str, Any]
-    rng: dict[str, Any]
+    rng: list[dict[str, Any]]  # ``capture_rng()`` of each process, in rank order
     best: dict[str, Any] | None = None
 
 
@@ -111,34 +114,55 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 
 def _save_state(state: TrainingState, folder: Path) -> None:
-    rng = state.rng
-    tensors = {"torch": rng["torch"]}
-    for device, cuda_state in enumerate(rng.get("cuda", [])):
-        tensors[f"cuda.{device}"] = cuda_state
+    tensors: dict[str, torch.Tensor] = {}
+    generators = []
+    for rank, rng in enumerate(state.rng):
+        prefix = "" if rank == 0 else f"rank{rank}."
+        tensors[f"{prefix}torch"] = rng["torch"]
+        for device, cuda_state in enumerate(rng.get("cuda", [])):
+            tensors[f"{prefix}cuda.{device}"] = cuda_state
+        generators.append(_host_generators(rng))
     save_file(tensors, folder / "rng.safetensors")
-    version, internal, gauss = rng["python"]
-    kind, keys, position, has_gauss, cached = rng["numpy"]
     record = {
         "step": state.step,
         "scheduler": state.scheduler,
         "best": state.best,
+        **generators[0],
+        "other_ranks": generators[1:],
+    }
+    (folder / "trainer_state.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def _host_generators(rng: dict[str, Any]) -> dict[str, Any]:
+    version, internal, gauss = rng["python"]
+    kind, keys, position, has_gauss, cached = rng["numpy"]
+    return {
         "python_rng": [version, list(internal), gauss],
         "numpy_rng": [kind, keys.tolist(), position, has_gauss, cached],
     }
-    (folder / "trainer_state.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def _load_state(folder: Path) -> TrainingState:
     record = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     tensors = load_file(folder / "rng.safetensors")
-    version, internal, gauss = record["python_rng"]
-    kind, keys, position, has_gauss, cached = record["numpy_rng"]
+    # checkpoints written before per-rank states hold rank 0's alone
+    generators = [record, *record.get("other_ranks", [])]
+    rng = [_rank_rng(tensors, rank, saved) for rank, saved in enumerate(generators)]
+    return TrainingState(record["step"], record["scheduler"], rng, record.get("best"))
+
+
+def _rank_rng(tensors: dict[str, torch.Tensor], rank: int, saved: dict[str, Any]) -> dict:
+    prefix = "" if rank == 0 else f"rank{rank}."
+    version, internal, gauss = saved["python_rng"]
+    kind, keys, position, has_gauss, cached = saved["numpy_rng"]
     rng: dict[str, Any] = {
-        "torch": tensors["torch"],
+        "torch": tensors[f"{prefix}torch"],
         "python": (version, tuple(internal), gauss),
         "numpy": (kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached),
     }
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
-    if cuda:
-        rng["cuda"] = cuda
-    return TrainingState(record["step"], record["scheduler"], rng, record.get("best"))
+    cuda_keys = sorted(
+        (k for k in tensors if k.startswith(f"{prefix}cuda.")), key=lambda k: int(k.split(".")[-1])
+    )
+    if cuda_keys:
+        rng["cuda"] = [tensors[k] for k in cuda_keys]
+    return rng

@@ -301,8 +301,12 @@ def eval_loss(session: Session) -> float:
 
 
 def save(session: Session, step: int, rng: dict[str, Any]) -> Path:
-    """A checkpoint of the state after ``step`` completed steps (main process only)."""
-    state = TrainingState(step, session.scheduler.state_dict(), rng, session.best or None)
+    """A checkpoint of the state after ``step`` completed steps, written by the main process
+    with every process's ``rng``; every process must call it."""
+    from accelerate.utils import gather_object
+
+    every_rng = gather_object([rng])
+    state = TrainingState(step, session.scheduler.state_dict(), every_rng, session.best or None)
     path = session.run.checkpoints / f"step-{step:06d}"
     if session.accelerator.is_main_process:
         path = save_checkpoint(
@@ -323,7 +327,14 @@ def restore_latest(session: Session) -> int:
         raise TunelabError(f"{session.run.checkpoints}: no checkpoint to resume from")
     state = load_checkpoint(found[-1], session.model, session.optimizer)
     session.scheduler.load_state_dict(state.scheduler)
-    restore_rng(state.rng)
+    rank, processes = session.accelerator.process_index, session.accelerator.num_processes
+    if len(state.rng) != processes and session.accelerator.is_main_process:
+        session.display.console.print(
+            f"[yellow]{found[-1].name} was saved by {len(state.rng)} process(es) and this run "
+            f"has {processes}: samples fall to other processes, so the run goes on but does "
+            "not repeat an uninterrupted one exactly[/yellow]"
+        )
+    restore_rng(state.rng[rank % len(state.rng)])
     session.best = state.best or {}
     return state.step
 
