@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bench.run import machine
+from bench.run import free_path, machine
 from bench.workload import BENCH_DIR
 from tunelab.config import ModelConfig
 from tunelab.data.corpora import sentiment_rows
@@ -80,7 +80,7 @@ def main() -> None:
         ]
     )
     print(table)
-    out = BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}-generation.md"
+    out = free_path(BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}-generation.md")
     out.write_text(
         f"# Batched generation, {datetime.date.today()}, {machine()}\n\n{table}\n", encoding="utf-8"
     )

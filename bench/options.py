@@ -14,7 +14,7 @@ import datetime
 import json
 import statistics
 
-from bench.run import machine, run_contender
+from bench.run import free_path, machine, run_contender
 from bench.workload import BENCH_DIR, build_workload
 
 BASE = ["bench.tunelab_recipe", "--defaults", "--precision", "auto"]
@@ -55,7 +55,7 @@ def main() -> None:
         lines.append(f"| {name} | {describe(result)}")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    out = BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}-options.md"
+    out = free_path(BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}-options.md")
     out.write_text(
         f"# Speed/memory options, {datetime.date.today()}, {machine()}\n\n"
         f"Workload as in `make bench`: {work.samples} rows, {work.steps} optimizer steps.\n\n"

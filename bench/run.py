@@ -127,6 +127,15 @@ def machine() -> str:
     return f"{slug}-{os.cpu_count()}cpu-{isa}"
 
 
+def free_path(path: Path) -> Path:
+    """``path``, or with -2, -3, ... added to its name when a result of the day is there."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -163,7 +172,7 @@ def main() -> None:
     mean_tokens = _mean_tokens(work, rows)
     text = table(summary, work, mean_tokens)
     print(text)
-    out = BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}.md"
+    out = free_path(BENCH_DIR / "results" / f"{datetime.date.today()}-{machine()}.md")
     out.parent.mkdir(exist_ok=True)
     raw = json.dumps(results, indent=1)
     out.write_text(
