@@ -156,3 +156,26 @@ def test_a_signal_stops_every_worker_after_the_same_step(
     logged = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in logged) == step
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_the_main_process_alone_gets_the_cores_the_workers_share(monkeypatch) -> None:
+    from tunelab.launch import main_alone
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+        with main_alone(torch.device("cpu")):
+            assert torch.get_num_threads() == 4
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+        with main_alone(torch.device("cpu")):
+            assert torch.get_num_threads() == 8  # never more threads than cores
+        with main_alone(torch.device("cuda")):
+            assert torch.get_num_threads() == 1
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        with main_alone(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -45,6 +47,25 @@ def worker_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     return environment
+
+
+@contextmanager
+def main_alone(device: torch.device) -> Iterator[None]:
+    """All the cores the workers on this machine share, for what the main process does while
+    the others wait (evaluation, saving) or have ended.
+
+    A blocked worker sleeps in gloo rather than spin, so its share of the cores is idle.
+    """
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    before = torch.get_num_threads()
+    if device.type != "cpu" or sharing <= 1:
+        yield
+        return
+    torch.set_num_threads(min(before * sharing, os.cpu_count() or before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def start_workers(command: list[str], nproc: int, **popen: Any) -> list[subprocess.Popen]:

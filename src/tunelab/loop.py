@@ -30,6 +30,7 @@ from tunelab.checkpoint import (
 from tunelab.config import RunConfig, TrainConfig
 from tunelab.data.batching import Batch, micro_batches
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.launch import main_alone
 from tunelab.precision import autocast_mode, resolve_precision
 from tunelab.progress import TrainDisplay
 from tunelab.run_dir import RunDir
@@ -246,11 +247,12 @@ def after_step(
         if step % cfg.log_every == 0 or step == session.plan.total_steps:
             epoch = session.plan.epoch_at(step)
             log_metrics(session, {"step": step, "epoch": epoch, **_rounded(record)})
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < session.plan.total_steps:
-            log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
-        every = session.config.eval.every
-        if session.scorer is not None and every and step % every == 0:
-            plateau = score_and_keep_best(session, step)
+        with main_alone(session.accelerator.device):
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < session.plan.total_steps:
+                log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
+            every = session.config.eval.every
+            if session.scorer is not None and every and step % every == 0:
+                plateau = score_and_keep_best(session, step)
     flags = torch.tensor([plateau, stop_requested], dtype=torch.float32)
     agreed = session.accelerator.reduce(flags.to(session.accelerator.device), reduction="sum")
     plateau, interrupted = (bool(flag) for flag in agreed.tolist())

@@ -20,6 +20,7 @@ from tunelab.baseline import classify_baseline, is_label_task, sft_baseline
 from tunelab.config import RunConfig, dump_config
 from tunelab.data.prepare import write_rejects
 from tunelab.evaluate import EvalResult, evaluate_generation
+from tunelab.launch import main_alone
 from tunelab.loop import (
     Session,
     build_accelerator,
@@ -170,7 +171,8 @@ def score_base(session: Session, tokenizer: Any, data: PreparedData) -> EvalResu
         return None
     model = session.model
     model.config.use_cache = True
-    with model.disable_adapter(), session.accelerator.autocast():
+    device = session.accelerator.device
+    with model.disable_adapter(), session.accelerator.autocast(), main_alone(device):
         result = evaluate_generation(
             model, tokenizer, data.val.examples, session.config.eval, "base"
         )
@@ -245,6 +247,20 @@ def finish(
     if not accelerator.is_main_process:
         result.is_main = False
         return result
+    with main_alone(accelerator.device):
+        return _save_and_measure(session, tokenizer, steps, result, base, evaluate_final, baseline)
+
+
+def _save_and_measure(
+    session: Session,
+    tokenizer: Any,
+    steps: int,
+    result: TrainResult,
+    base: EvalResult | None,
+    evaluate_final: Callable[[Any], EvalResult] | None,
+    baseline: Callable[[], Any] | None,
+) -> TrainResult:
+    run = session.run
     session.model.save_pretrained(run.adapter)
     for folder in (run.adapter, run.best):
         if folder.exists():

@@ -58,16 +58,16 @@ def test_forward_batches_respect_the_token_budget_and_keep_every_sample() -> Non
 def test_segmented_passes_are_unpadded_rows_that_say_where_each_sample_starts() -> None:
     samples = [sample(n, 10 * n) for n in (30, 5, 12, 28, 7, 19, 3)]
     passes = forward_batches(samples, pad_id=0, pack_length=32, token_budget=64, segmented=True)
-    assert [tuple(b.input_ids.shape) for b in passes] == [(1, 63), (1, 41)]
+    assert [tuple(b.input_ids.shape) for b in passes] == [(1, 52), (1, 52)]  # 104 evened out
     assert all(b.real_tokens == b.padded_tokens and b.attention_mask is None for b in passes)
     kept = sorted(t for b in passes for t in b.input_ids.flatten().tolist())
     assert kept == sorted(t for s in samples for t in s.input_ids)
-    first = passes[0]  # first fit, longest first: 30 + 28 + 5
-    assert first.cu_seq_lens.tolist() == [0, 30, 58, 63]
+    first = passes[0]  # longest first, each to the shorter row: 30 + 12 + 7 + 3
+    assert first.cu_seq_lens.tolist() == [0, 30, 42, 49, 52]
     assert first.cu_seq_lens.dtype == torch.int32
     assert first.position_ids[0, 28:33].tolist() == [28, 29, 0, 1, 2]
     # the first token of each sample is never a target of the sample before it
-    assert first.labels[0, [30, 58]].tolist() == [IGNORE_INDEX, IGNORE_INDEX]
+    assert first.labels[0, [30, 42, 49]].tolist() == [IGNORE_INDEX] * 3
     kwargs = first.attention_kwargs
     assert kwargs["cu_seq_lens_q"] is kwargs["cu_seq_lens_k"] is first.cu_seq_lens
     assert kwargs["max_length_q"] == kwargs["max_length_k"] == 30
