@@ -30,6 +30,24 @@ def run(config: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def write_config(
+    folder: Path, name: str, model_dir: Path, data: Path, lora: dict, **train: object
+) -> Path:
+    """``folder/NAME.json``: a run of batch 4 on 64-token rows, no generation scoring."""
+    raw = {
+        "name": name,
+        "output_dir": str(folder),
+        "model": str(model_dir),
+        "data": {"train": str(data), "max_length": 64},
+        "lora": lora,
+        "train": {"batch_size": 4, **train},
+        "eval": {"generate": False},
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
 def test_two_processes_match_one_with_the_same_global_batch(
     qwen3_dir, write_jsonl, tmp_path
 ) -> None:
@@ -77,25 +95,19 @@ def test_two_processes_match_one_with_the_same_global_batch(
 def test_two_process_resume_with_dropout_equals_the_uninterrupted_run(
     qwen3_dir, write_jsonl, tmp_path
 ) -> None:
-    raw = {
-        "name": "r",
-        "output_dir": str(tmp_path),
-        "model": str(qwen3_dir),
-        "data": {"train": str(write_jsonl(alpaca_rows(40))), "max_length": 64},
-        # dropout: each process draws its own masks, from its own generator state
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.2},
-        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 2},
-        "eval": {"generate": False},
-    }
-    (tmp_path / "r.json").write_text(json.dumps(raw))
-    whole = run(tmp_path / "r.json", "--nproc", "2")
+    # dropout: each process draws its own masks, from its own generator state
+    lora = {"r": 4, "alpha": 8, "dropout": 0.2}
+    data = write_jsonl(alpaca_rows(40))
+    steps = {"max_steps": 4, "learning_rate": 1e-2, "save_every": 2}
+    config = write_config(tmp_path, "r", qwen3_dir, data, lora, **steps)
+    whole = run(config, "--nproc", "2")
     assert whole.returncode == 0, whole.stdout + whole.stderr
     run_dir = tmp_path / "r"
     uninterrupted = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     # as if stopped after step 2: its checkpoint is the newest, nothing after it survives
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
     shutil.rmtree(run_dir / "adapter")
-    resumed = run(tmp_path / "r.json", "--nproc", "2", "--resume")
+    resumed = run(config, "--nproc", "2", "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "does not repeat" not in resumed.stdout
     again = load_file(run_dir / "adapter" / "adapter_model.safetensors")
@@ -104,7 +116,7 @@ def test_two_process_resume_with_dropout_equals_the_uninterrupted_run(
         assert torch.equal(again[key], uninterrupted[key]), key
     # one process taking over two processes' checkpoint goes on, and says it cannot be exact
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
-    alone = run(tmp_path / "r.json", "--resume")
+    alone = run(config, "--resume")
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "saved by 2 process(es) and this run has 1" in " ".join(alone.stdout.split())
 
@@ -113,16 +125,9 @@ def test_two_process_resume_with_dropout_equals_the_uninterrupted_run(
 def test_a_signal_stops_every_worker_after_the_same_step(
     qwen3_dir, write_jsonl, tmp_path, target
 ) -> None:
-    raw = {
-        "name": "c",
-        "output_dir": str(tmp_path),
-        "model": str(qwen3_dir),
-        "data": {"train": str(write_jsonl(alpaca_rows(40))), "max_length": 64},
-        "lora": {"r": 4, "alpha": 8},
-        "train": {"max_steps": 100000, "batch_size": 4, "save_every": 3},
-        "eval": {"generate": False},
-    }
-    (tmp_path / "c.json").write_text(json.dumps(raw))
+    data = write_jsonl(alpaca_rows(40))
+    lora = {"r": 4, "alpha": 8}
+    write_config(tmp_path, "c", qwen3_dir, data, lora, max_steps=100000, save_every=3)
     parent = subprocess.Popen(
         [sys.executable, "-m", "tunelab", "train", str(tmp_path / "c.json"), "--nproc", "2"],
         stdout=subprocess.PIPE,

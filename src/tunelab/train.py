@@ -248,37 +248,24 @@ def finish(
         result.is_main = False
         return result
     with main_alone(accelerator.device):
-        return _save_and_measure(session, tokenizer, steps, result, base, evaluate_final, baseline)
-
-
-def _save_and_measure(
-    session: Session,
-    tokenizer: Any,
-    steps: int,
-    result: TrainResult,
-    base: EvalResult | None,
-    evaluate_final: Callable[[Any], EvalResult] | None,
-    baseline: Callable[[], Any] | None,
-) -> TrainResult:
-    run = session.run
-    session.model.save_pretrained(run.adapter)
-    for folder in (run.adapter, run.best):
-        if folder.exists():
-            tokenizer.save_pretrained(folder)
-            if run.labels.exists():
-                shutil.copy(run.labels, folder / "labels.json")
-    if session.val_samples:
-        result.eval_loss = eval_loss(session)
-        log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
-    if evaluate_final is not None and session.val_samples:
-        tuned = evaluate_final(session.model)
-        write_eval(run.eval_dir("final"), tuned, run.read_metrics())
-        classic = baseline() if baseline is not None else None
-        if classic is not None:
-            write_eval(run.eval_dir("baseline"), classic)
-        result.evaluations = [r for r in (base, tuned, classic) if r is not None]
-        result.metric = tuned.metric
-        result.scores = {r.name: r.score for r in result.evaluations}
-    saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
-    write_json(run.root / "results.json", saved)
-    return result
+        session.model.save_pretrained(run.adapter)
+        for folder in (run.adapter, run.best):
+            if folder.exists():
+                tokenizer.save_pretrained(folder)
+                if run.labels.exists():
+                    shutil.copy(run.labels, folder / "labels.json")
+        if session.val_samples:
+            result.eval_loss = eval_loss(session)
+            log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
+        if evaluate_final is not None and session.val_samples:
+            tuned = evaluate_final(session.model)
+            write_eval(run.eval_dir("final"), tuned, run.read_metrics())
+            classic = baseline() if baseline is not None else None
+            if classic is not None:
+                write_eval(run.eval_dir("baseline"), classic)
+            result.evaluations = [r for r in (base, tuned, classic) if r is not None]
+            result.metric = tuned.metric
+            result.scores = {r.name: r.score for r in result.evaluations}
+        saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
+        write_json(run.root / "results.json", saved)
+        return result
