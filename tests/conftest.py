@@ -96,3 +96,24 @@ def alpaca_rows(count: int, answer: str = "好") -> list[dict[str, str]]:
     return [
         {"instruction": f"问题 {i}：说一个字", "output": f"{answer}{i % 3}"} for i in range(count)
     ]
+
+
+@pytest.fixture
+def sdpa_masks(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[Any]]:
+    """Call it to start recording the mask of every SDPA call (None where a causal call had
+    none); returns the list it records into."""
+    import torch
+
+    def start() -> list[Any]:
+        calls: list[Any] = []
+        original = torch.nn.functional.scaled_dot_product_attention
+
+        def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+            causal = kwargs.get("is_causal", False)
+            calls.append(kwargs.get("attn_mask", None if causal else "neither mask nor causal"))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+        return calls
+
+    return start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def _tiny_lora_from_config(config: Qwen3Config) -> Any:
 
 @pytest.mark.parametrize("grouped_heads", [True, False], ids=["grouped", "one-kv-per-query"])
 def test_attention_per_sample_matches_the_block_mask(
-    qwen3_dir: Path, grouped_heads: bool, monkeypatch: pytest.MonkeyPatch
+    qwen3_dir: Path, grouped_heads: bool, sdpa_masks: Callable[[], list[Any]]
 ) -> None:
     lengths = [7, 12, 5]
     ids = torch.randint(0, 151_000, (1, sum(lengths)), generator=torch.Generator().manual_seed(6))
@@ -124,27 +125,13 @@ def test_attention_per_sample_matches_the_block_mask(
     masked, per_sample = _tiny_lora_from_config(config), _tiny_lora_from_config(config)
     assert kernels.use_cpu_attention(per_sample) and kernels.takes_sample_boundaries(per_sample)
     reference_logits, reference = _loss_and_grads(masked, **inputs)
-    calls = _count_sdpa_calls(monkeypatch)
+    calls = sdpa_masks()
     logits, grads = _loss_and_grads(per_sample, **inputs, **boundaries)
     # one causal call per sample and layer, no mask
     assert calls == [None] * (config.num_hidden_layers * len(lengths))
     torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=name)
-
-
-def _count_sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The mask of every SDPA call from now on (None where a causal call had none)."""
-    calls: list[Any] = []
-    original = torch.nn.functional.scaled_dot_product_attention
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        causal = kwargs.get("is_causal", False)
-        calls.append(kwargs.get("attn_mask", None if causal else "neither mask nor causal"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
-    return calls
 
 
 def test_cpu_attention_leaves_a_model_on_another_attention_alone(qwen3_dir: Path) -> None:

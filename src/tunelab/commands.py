@@ -65,9 +65,9 @@ def run_classifier_eval(
 ) -> object:
     """`tunelab eval` of a class head: accuracy, P/R/F1, confusion matrix on a table."""
     from tunelab.tasks.classify import (
-        class_batcher,
         encode_texts,
         evaluate_classifier,
+        inference_batcher,
         read_labelled,
         resolve_labels,
     )
@@ -82,7 +82,7 @@ def run_classifier_eval(
         )
     texts, unknown = resolve_labels(texts, labels)
     split = encode_texts(tokenizer, texts, labels, config.data.max_length)
-    batcher = class_batcher(tokenizer.pad_token_id, config.train.forward_tokens)
+    batcher = inference_batcher(model, tokenizer.pad_token_id, config.train.forward_tokens)
     result = evaluate_classifier(model, split, labels, batcher, "fine-tuned")
     label = name or (data.stem if data else "val") + (f"-{checkpoint}" if checkpoint else "")
     for note in write_eval(run.eval_dir(label), result, run.read_metrics()):

@@ -59,6 +59,7 @@ class EvalResult:
     score: float
     tasks: dict[str, dict[str, Any]]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    loss: float | None = None  # the training loss on these rows, where the scoring gives it
 
     def summary(self) -> dict[str, Any]:
         """Everything but the rows (metrics.json)."""

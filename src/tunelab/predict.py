@@ -83,7 +83,7 @@ def classify_records(
     model: Any, tokenizer: Any, config: Any, rows: list[Any], run_root: Path
 ) -> list[dict[str, Any]]:
     """A label and one probability column per class for each row with a text (batched)."""
-    from tunelab.tasks.classify import ClassSample, class_batcher, predict_classes
+    from tunelab.tasks.classify import ClassSample, inference_batcher, predict_classes
 
     labels = json.loads((run_root / "labels.json").read_text(encoding="utf-8"))["labels"]
     column = config.data.text_column
@@ -95,9 +95,8 @@ def classify_records(
     for index in usable:
         ids = tokenizer(str(rows[index].data[column]))["input_ids"][: config.data.max_length]
         samples.append(ClassSample(ids, 0, len(ids)))
-    probabilities = predict_classes(
-        model, samples, class_batcher(tokenizer.pad_token_id, config.train.forward_tokens)
-    )
+    batcher = inference_batcher(model, tokenizer.pad_token_id, config.train.forward_tokens)
+    probabilities = predict_classes(model, samples, batcher)
     for index, row_probabilities in zip(usable, probabilities.tolist(), strict=True):
         best = max(range(len(labels)), key=lambda i: row_probabilities[i])
         records[index]["prediction"] = labels[best]

@@ -206,14 +206,17 @@ def train_classifier(
     model = load_classifier(model_dir, config.model, data.labels, pad_id, base_dtype(precision))
     model = attach_lora(model, config.lora, "SEQ_CLS", HEAD_MODULES)
     cpu_training_kernels(model, precision, config.train.forward_tokens)
-    batcher = class_batcher(pad_id, config.train.forward_tokens)
-    loss = ClassifierLoss(model, class_weights(config, data.labels, data.train))
+    batcher = class_batcher(
+        pad_id, config.train.forward_tokens, segmented=kernels.takes_sample_boundaries(model)
+    )
+    weights = class_weights(config, data.labels, data.train)
+    loss = ClassifierLoss(model, weights)
     samples = (data.train.samples, data.val.samples)
     session = build_session(config, run, accelerator, loss, samples, batcher, console)
     metric = config.eval.metric if config.eval.metric in ("accuracy", "macro_f1") else "macro_f1"
 
     def evaluate(model: Any, name: str) -> EvalResult:
-        return evaluate_classifier(model, data.val, data.labels, batcher, name)
+        return evaluate_classifier(model, data.val, data.labels, batcher, name, weights)
 
     session.scorer = lambda model, step: evaluate(model, f"step-{step}").tasks["all"][metric]
     start = restore_latest(session) if resume else 0
@@ -254,11 +257,13 @@ def finish(
                 tokenizer.save_pretrained(folder)
                 if run.labels.exists():
                     shutil.copy(run.labels, folder / "labels.json")
+        tuned = evaluate_final(session.model) if evaluate_final and session.val_samples else None
         if session.val_samples:
-            result.eval_loss = eval_loss(session)
+            # a class head's evaluation gives the loss from its own passes over the rows
+            known = tuned.loss if tuned is not None else None
+            result.eval_loss = known if known is not None else eval_loss(session)
             log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
-        if evaluate_final is not None and session.val_samples:
-            tuned = evaluate_final(session.model)
+        if tuned is not None:
             write_eval(run.eval_dir("final"), tuned, run.read_metrics())
             classic = baseline() if baseline is not None else None
             if classic is not None:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pytest
 import torch
 
-from tunelab.config import DataConfig, validate_config
+from tunelab import kernels
+from tunelab.config import DataConfig, ModelConfig, validate_config
+from tunelab.data.batching import Batch
+from tunelab.data.readers import Source
 from tunelab.errors import TunelabError
 from tunelab.tasks.classify import (
+    HEAD_MODULES,
+    ClassifierLoss,
+    ClassSample,
+    ClassSet,
+    LabelledText,
+    class_batcher,
+    class_logits,
     class_weights,
+    evaluate_classifier,
     label_names,
     prepare_classify,
     read_labelled,
@@ -189,3 +202,91 @@ def test_train_fraction_trains_on_leading_rows_with_the_whole_tables_labels(
         "rows_used": 4,
         "rows_left_out": 4,
     }
+
+
+def _tiny_classifier(model_dir: Path) -> Any:
+    from tunelab.config import LoraConfig
+    from tunelab.models import attach_lora, load_classifier
+    from tunelab.precision import cpu_training_kernels
+
+    torch.manual_seed(0)
+    model = load_classifier(model_dir, ModelConfig(), ["a", "b", "c"], 0, torch.float32)
+    model = attach_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), "SEQ_CLS", HEAD_MODULES)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # non-zero, so every adapter carries a gradient
+            torch.nn.init.normal_(param, std=0.1)
+    cpu_training_kernels(model, "fp32", 256)
+    return model.train()
+
+
+def _loss_logits_grads(
+    model: Any, batches: list[Batch]
+) -> tuple[float, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss_module = ClassifierLoss(model)
+    total = sum(loss_module(batch)[0] for batch in batches)
+    total.backward()
+    with torch.no_grad():
+        logits = torch.cat([class_logits(model, batch) for batch in batches])
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return total.item(), logits, grads
+
+
+def _random_samples(lengths: list[int]) -> list[ClassSample]:
+    generator = torch.Generator().manual_seed(4)
+    return [
+        ClassSample(torch.randint(1, 151_000, (n,), generator=generator).tolist(), i % 3, n)
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_segmented_rows_give_the_padded_batches_loss_logits_and_gradients(
+    qwen3_dir: Path, sdpa_masks: Callable[[], list[Any]]
+) -> None:
+    lengths = [13, 11, 9, 9, 6, 4, 2]  # longest first: both batchers keep this order
+    samples = _random_samples(lengths)
+    model = _tiny_classifier(qwen3_dir)
+    assert kernels.takes_sample_boundaries(model)
+    padded = class_batcher(0, 30)(samples)
+    segmented = class_batcher(0, 30, segmented=True)(samples)
+    # every row unpadded, within the budget, samples in order, one loss term per sample
+    assert [b.input_ids.shape[0] for b in segmented] == [1, 1]
+    assert [b.padded_tokens for b in segmented] == [b.real_tokens for b in segmented]
+    assert [b.real_tokens for b in segmented] == [24, 30]
+    assert torch.cat([b.labels for b in segmented]).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert sum(b.padded_tokens for b in padded) > sum(lengths)
+    loss, logits, grads = _loss_logits_grads(model, padded)
+    calls = sdpa_masks()
+    segmented_loss, segmented_logits, segmented_grads = _loss_logits_grads(model, segmented)
+    # each sample attends to itself alone: one causal call per sample and layer (twice: the
+    # loss, then the logits), no mask
+    layers = model.get_base_model().config.num_hidden_layers
+    assert calls == [None] * (2 * layers * len(samples))
+    assert segmented_loss == pytest.approx(loss, rel=1e-5)
+    torch.testing.assert_close(segmented_logits, logits, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(segmented_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_evaluation_gives_the_mean_training_loss_from_its_own_passes(qwen3_dir: Path) -> None:
+    samples = _random_samples([5, 12, 3, 9, 7])  # out of length order: predictions are put back
+    split = ClassSet(
+        [
+            LabelledText(f"text {i}", "abc"[s.label_id], Source("t.jsonl", i + 1))
+            for i, s in enumerate(samples)
+        ],
+        samples,
+    )
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    model = _tiny_classifier(qwen3_dir).eval()
+    batcher = class_batcher(0, 20, segmented=True)
+    result = evaluate_classifier(model, split, ["a", "b", "c"], batcher, "tuned", weights)
+    loss_module = ClassifierLoss(model, weights)
+    with torch.no_grad():
+        summed = sum(loss_module(batch)[0].item() for batch in batcher(samples))
+    assert result.loss == pytest.approx(summed / len(samples), abs=2e-6)
+    # each row's probability is its own sample's, in the split's order
+    probabilities = [class_logits(model, b).softmax(-1) for b in class_batcher(0, 20)(samples)]
+    top = [round(p.max().item(), 4) for p in torch.cat(probabilities)]
+    by_length = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
+    assert [result.rows[i]["probability"] for i in by_length] == pytest.approx(top, abs=1e-4)

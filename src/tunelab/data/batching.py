@@ -142,12 +142,42 @@ def _packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
 
 
 def _segmented(row: list[Encoded]) -> Batch:
-    lengths = torch.tensor([len(s.input_ids) for s in row])
-    ids = torch.tensor([[t for s in row for t in s.input_ids]])
+    ids, positions, starts = segment_row([s.input_ids for s in row])
     labels = torch.tensor([[t for s in row for t in _own_labels(s)]])
+    return Batch(ids, labels, positions, None, ids.numel(), _shifted_targets(labels), starts)
+
+
+def segment_row(
+    token_lists: Sequence[Sequence[int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token lists laid end to end in one row: (ids, positions restarting at 0 for each, and
+    where each starts, with the row's end last: ``cu_seq_lens``)."""
+    lengths = torch.tensor([len(tokens) for tokens in token_lists])
+    ids = torch.tensor([[t for tokens in token_lists for t in tokens]])
     positions = torch.cat([torch.arange(n) for n in lengths.tolist()]).unsqueeze(0)
     starts = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
-    return Batch(ids, labels, positions, None, ids.numel(), _shifted_targets(labels), starts)
+    return ids, positions, starts
+
+
+def consecutive_rows(samples: Sequence[Any], capacity: int) -> list[list[Any]]:
+    """``samples`` cut, in their order, into runs of at most ``capacity`` tokens (a longer
+    sample is a run of its own).
+
+    >>> from tunelab.data.encode import Encoded
+    >>> rows = consecutive_rows([Encoded([0] * n, [0] * n, n) for n in [6, 5, 4, 3, 2]], 9)
+    >>> [[len(s.input_ids) for s in row] for row in rows]
+    [[6], [5, 4], [3, 2]]
+    """
+    rows: list[list[Any]] = []
+    size = capacity
+    for sample in samples:
+        length = len(sample.input_ids)
+        if size + length > capacity:
+            rows.append([])
+            size = 0
+        rows[-1].append(sample)
+        size += length
+    return rows
 
 
 def balanced_rows(samples: Sequence[Encoded], capacity: int) -> list[list[Encoded]]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import DataConfig, RunConfig
-from tunelab.data.batching import Batch, fit_budget
+from tunelab.data.batching import Batch, consecutive_rows, fit_budget, segment_row
 from tunelab.data.prepare import (
     check_strict,
     describe_rejects,
@@ -230,16 +230,44 @@ class ClassifierLoss(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (sum of losses, number of rows) for the batch."""
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = class_logits(self.model, batch)
         loss = F.cross_entropy(logits.float(), batch.labels, weight=self.weights, reduction="sum")
         return loss, torch.tensor(batch.labels.numel(), device=logits.device)
 
 
-def class_batcher(pad_id: int, token_budget: int) -> Callable[[Sequence[ClassSample]], list[Batch]]:
-    """Samples -> right-padded batches, longest first, each within the token budget."""
+def class_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """(samples, classes): the head's logits at each sample's last token.
+
+    A segmented row (``batch.cu_seq_lens``) goes through the model's body, and the head reads
+    the last token of each sample; a padded batch goes through the whole model, which pools
+    the last non-padding token of each row.
+    """
+    if batch.cu_seq_lens is None:
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    get_base = getattr(model, "get_base_model", None)
+    classifier = get_base() if callable(get_base) else model  # LoRA layers stay in place
+    body = getattr(classifier, classifier.base_model_prefix)
+    hidden = body(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        use_cache=False,
+        **batch.attention_kwargs,
+    ).last_hidden_state
+    last_tokens = batch.cu_seq_lens[1:].long() - 1
+    return classifier.score(hidden[0, last_tokens])
+
+
+def class_batcher(
+    pad_id: int, token_budget: int, segmented: bool = False
+) -> Callable[[Sequence[ClassSample]], list[Batch]]:
+    """Samples -> batches in order of length, longest first, each within the token budget:
+    right-padded rows, or with ``segmented`` (the model's attention takes sample
+    boundaries, ``kernels.takes_sample_boundaries``) one unpadded row each."""
 
     def batches(samples: Sequence[ClassSample]) -> list[Batch]:
         ordered = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)
+        if segmented:
+            return [_segmented(row) for row in consecutive_rows(ordered, token_budget)]
         return [
             _collate(group, pad_id) for group in fit_budget([[s] for s in ordered], token_budget)
         ]
@@ -247,24 +275,51 @@ def class_batcher(pad_id: int, token_budget: int) -> Callable[[Sequence[ClassSam
     return batches
 
 
+def inference_batcher(
+    model: nn.Module, pad_id: int, token_budget: int
+) -> Callable[[Sequence[ClassSample]], list[Batch]]:
+    """The batcher to predict with ``model``: on a CPU the model's attention becomes
+    tunelab's (``kernels.use_cpu_attention``), so that rows go unpadded."""
+    from tunelab import kernels
+
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    segmented = (
+        on_cpu and kernels.use_cpu_attention(model) and kernels.takes_sample_boundaries(model)
+    )
+    return class_batcher(pad_id, token_budget, segmented)
+
+
 def predict_classes(
     model: nn.Module, samples: Sequence[ClassSample], batcher: Callable[..., list[Batch]]
 ) -> torch.Tensor:
     """Class probabilities for every sample, in the order given (one forward per batch)."""
+    return class_log_probabilities(model, samples, batcher).exp()
+
+
+def class_log_probabilities(
+    model: nn.Module, samples: Sequence[ClassSample], batcher: Callable[..., list[Batch]]
+) -> torch.Tensor:
+    """(samples, classes) log-probabilities, in the order given (one forward per batch).
+
+    ``batcher`` must keep the order of the samples it is given, as ``class_batcher`` does.
+    """
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids), reverse=True)
-    probabilities = torch.zeros(len(samples), 0)
     results: list[torch.Tensor] = []
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in batcher([samples[i] for i in order]):
-            logits = model(
-                input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
-            ).logits
-            results.append(logits.float().softmax(-1).cpu())
-    stacked = torch.cat(results) if results else probabilities
+            logits = class_logits(model, batch.to(device))
+            results.append(logits.float().log_softmax(-1).cpu())
+    stacked = torch.cat(results) if results else torch.zeros(len(samples), 0)
     unsorted = torch.empty_like(stacked)
     unsorted[torch.tensor(order, dtype=torch.long)] = stacked
     return unsorted
+
+
+def _segmented(row: list[ClassSample]) -> Batch:
+    ids, positions, starts = segment_row([s.input_ids for s in row])
+    labels = torch.tensor([s.label_id for s in row], dtype=torch.long)
+    return Batch(ids, labels, positions, None, ids.numel(), len(row), starts)
 
 
 def _collate(group: list[list[ClassSample]], pad_id: int) -> Batch:
@@ -326,16 +381,19 @@ def evaluate_classifier(
     labels: Sequence[str],
     batcher: Callable[..., list[Batch]],
     name: str,
+    weights: torch.Tensor | None = None,
 ) -> Any:
     """Accuracy, P/R/F1 and the confusion matrix on a split; a row per text with its
-    predicted label and probability."""
+    predicted label and probability; and the mean loss ``ClassifierLoss`` gives the split
+    (class ``weights`` as in training), from the same forward passes."""
     from tunelab.evaluate import EvalResult
     from tunelab.metrics import label_task_metrics
 
     was_training = model.training
     model.eval()
-    probabilities = predict_classes(model, split.samples, batcher)
+    log_probabilities = class_log_probabilities(model, split.samples, batcher)
     model.train(was_training)
+    probabilities = log_probabilities.exp()
     predicted = [labels[i] for i in probabilities.argmax(-1).tolist()] if len(split.samples) else []
     references = [labels[s.label_id] for s in split.samples]
     rows = [
@@ -353,4 +411,9 @@ def evaluate_classifier(
         )
     ]
     metrics = label_task_metrics(predicted, references, labels, "macro_f1")
-    return EvalResult(name, "macro_f1", metrics["headline"], {"all": metrics}, rows)
+    result = EvalResult(name, "macro_f1", metrics["headline"], {"all": metrics}, rows)
+    if split.samples:
+        targets = torch.tensor([s.label_id for s in split.samples])
+        summed = F.nll_loss(log_probabilities, targets, weight=weights, reduction="sum")
+        result.loss = round(summed.item() / len(split.samples), 6)
+    return result
