@@ -180,7 +180,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(qwen3_dir, write_jsonl,
     assert [r["step"] for r in losses if "loss" in r][-1] == 120
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(qwen3_dir, write_jsonl, tmp_path) -> None:
+@pytest.mark.parametrize(("stop_signal", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_saves_a_checkpoint_and_exits_as_its_signal(
+    qwen3_dir, write_jsonl, tmp_path, stop_signal, status
+) -> None:
     data = write_jsonl(alpaca_rows(64))
     config = write_config(
         tmp_path / "c.json",
@@ -189,11 +192,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(qwen3_dir, write_jsonl, tmp_pat
     process = cli(config)
     try:
         wait_for(tmp_path / "c" / "checkpoints" / "step-000005", process)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         output = process.communicate(timeout=120)[0]
     finally:
         process.kill()  # a run of 100,000 steps must not outlive a failed test
-    assert process.returncode == 130, output
+    assert process.returncode == status, output
     assert "interrupted after step" in output and "--resume" in output
     assert "Traceback" not in output
     saved = sorted((tmp_path / "c" / "checkpoints").glob("step-*"))

@@ -1,5 +1,7 @@
 """The exceptions a user sees: a message they can act on, never a traceback."""
 
+import signal
+
 
 class TunelabError(Exception):
     """An error caused by the user's input or environment, with a message that says what to do.
@@ -12,6 +14,12 @@ class TunelabError(Exception):
 
 
 class Interrupted(TunelabError):
-    """Training stopped by Ctrl-C after saving a checkpoint."""
+    """Training stopped by a signal after saving a checkpoint.
 
-    exit_code = 130
+    It exits as a shell reports a process ended by that signal: 130 for Ctrl-C (SIGINT),
+    143 for SIGTERM.
+    """
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

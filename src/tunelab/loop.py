@@ -37,7 +37,9 @@ from tunelab.run_dir import RunDir
 from tunelab.stop import StopSignals, stop_signals
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-Scorer = Callable[[Any, int], float]  # (model, step) -> the eval metric
+# (model, name) -> an EvalResult: its score is the eval metric, its loss the eval loss where
+# the same passes give it (a class head's), else None
+Scorer = Callable[[Any, str], Any]
 Batcher = Callable[[Sequence[Any]], list[Batch]]  # samples -> forward passes
 
 
@@ -80,6 +82,7 @@ class Session:
     rng_at_step_start: dict[str, Any] = field(default_factory=dict)
     scorer: Scorer | None = None
     best: dict[str, Any] = field(default_factory=dict)  # step, score, stale (evals since)
+    last_scored: tuple[int, Any] | None = None  # (step, its EvalResult)
 
     @property
     def model(self) -> Any:
@@ -156,6 +159,7 @@ def run_loop(session: Session, start_step: int) -> int:
     stream = micro_batch_stream(session, start_step * plan.grad_accum)
     step = start_step
     interrupted = False
+    stops = StopSignals()
     session.display.start(step)
     try:
         with stop_signals(announce=session.accelerator.is_main_process) as stops:
@@ -173,7 +177,8 @@ def run_loop(session: Session, start_step: int) -> int:
         path = save(session, step, session.rng_at_step_start or capture_rng())
         raise Interrupted(
             f"interrupted after step {step}; checkpoint saved in {path}. "
-            "Continue with the same command and --resume."
+            "Continue with the same command and --resume.",
+            stops.signal_number,
         ) from None
     finally:
         session.display.stop()
@@ -248,11 +253,13 @@ def after_step(
             epoch = session.plan.epoch_at(step)
             log_metrics(session, {"step": step, "epoch": epoch, **_rounded(record)})
         with main_alone(session.accelerator.device):
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < session.plan.total_steps:
-                log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
             every = session.config.eval.every
+            loss_logged = False
             if session.scorer is not None and every and step % every == 0:
-                plateau = score_and_keep_best(session, step)
+                plateau, loss_logged = score_and_keep_best(session, step)
+            due = cfg.eval_every and step % cfg.eval_every == 0
+            if due and step < session.plan.total_steps and not loss_logged:
+                log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
     flags = torch.tensor([plateau, stop_requested], dtype=torch.float32)
     agreed = session.accelerator.reduce(flags.to(session.accelerator.device), reduction="sum")
     plateau, interrupted = (bool(flag) for flag in agreed.tolist())
@@ -262,14 +269,20 @@ def after_step(
     return plateau, interrupted
 
 
-def score_and_keep_best(session: Session, step: int) -> bool:
+def score_and_keep_best(session: Session, step: int) -> tuple[bool, bool]:
     """Score the model now and copy it to best/ when it improved.
 
-    Returns True once `eval.patience` evaluations in a row brought no improvement.
+    Returns (whether `eval.patience` evaluations in a row brought no improvement, whether
+    the scoring gave the eval loss too, now logged).
     """
     cfg = session.config.eval
-    score = session.scorer(session.model, step) if session.scorer else float("nan")
-    log_metrics(session, {"step": step, f"eval_{cfg.metric}": score})
+    result = session.scorer(session.model, f"step-{step}")
+    session.last_scored = (step, result)
+    score, loss = result.score, result.loss
+    record = {"step": step, f"eval_{cfg.metric}": score}
+    if loss is not None:
+        record["eval_loss"] = loss
+    log_metrics(session, record)
     best = session.best
     improved = not best or (score > best["score"] if cfg.mode == "max" else score < best["score"])
     if improved:
@@ -277,7 +290,7 @@ def score_and_keep_best(session: Session, step: int) -> bool:
         session.best = {"step": step, "score": score, "stale": 0}
     else:
         best["stale"] += 1
-    return bool(cfg.patience and session.best["stale"] >= cfg.patience)
+    return bool(cfg.patience and session.best["stale"] >= cfg.patience), loss is not None
 
 
 def save_adapter_atomically(model: Any, target: Path) -> None:

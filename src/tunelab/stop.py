@@ -30,6 +30,7 @@ class StopSignals:
     def __init__(self, announce: bool = True) -> None:
         self.announce = announce
         self.requested_at: float | None = None
+        self.signal_number = signal.SIGINT  # of the first request
         self.updating = False
 
     @property
@@ -46,6 +47,7 @@ class StopSignals:
         now = time.monotonic()
         if self.requested_at is None:
             self.requested_at = now
+            self.signal_number = signal.Signals(signum)
             if self.announce:
                 name = signal.Signals(signum).name
                 # os.write, not print: a handler may run in the middle of another write

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from tunelab.data.prepare import write_rejects
 from tunelab.evaluate import EvalResult, evaluate_generation
 from tunelab.launch import main_alone
 from tunelab.loop import (
+    Scorer,
     Session,
     build_accelerator,
     build_session,
@@ -102,19 +103,14 @@ def train(
     session = build_session(
         config, run, accelerator, CausalLMLoss(model), samples, batcher, console
     )
-    session.scorer = make_scorer(session, tokenizer, data) if config.eval.generate else None
+    session.scorer = generation_scorer(session, tokenizer, data) if config.eval.generate else None
     base = score_base(session, tokenizer, data) if config.eval.compare_base else None
     start = restore_latest(session) if resume else 0
     last = run_loop(session, start)
-    final = (
-        partial(generate_scores, session, tokenizer, data, "fine-tuned")
-        if config.eval.generate
-        else None
-    )
     classic = None
     if config.eval.generate and is_label_task(config.eval):
         classic = partial(sft_baseline, config.eval, data.train.examples, data.val.examples)
-    return finish(session, tokenizer, last, base, final, classic)
+    return finish(session, tokenizer, last, base, classic)
 
 
 def build_model(model_dir: Path, config: RunConfig) -> Any:
@@ -137,30 +133,19 @@ def write_run_inputs(config: RunConfig, run: RunDir, data: PreparedData, console
     print_data_report(console, data.report, data.rejects, run.rejects)
 
 
-def make_scorer(session: Session, tokenizer: Any, data: PreparedData) -> Any:
-    """Scores the model on the val rows during training (`eval.every`)."""
+def generation_scorer(session: Session, tokenizer: Any, data: PreparedData) -> Scorer:
+    """Scores a model by generating answers to the val rows (`eval.generate`)."""
 
-    def score(model: Any, step: int) -> float:
+    def score(model: Any, name: str) -> EvalResult:
         model.config.use_cache = True
         with session.accelerator.autocast():
             result = evaluate_generation(
-                model, tokenizer, data.val.examples, session.config.eval, f"step-{step}"
+                model, tokenizer, data.val.examples, session.config.eval, name
             )
         model.config.use_cache = False
-        return result.score
+        return result
 
     return score
-
-
-def generate_scores(
-    session: Session, tokenizer: Any, data: PreparedData, name: str, model: Any
-) -> EvalResult:
-    """Generation-based scores of ``model`` on the val rows."""
-    model.config.use_cache = True
-    with session.accelerator.autocast():
-        result = evaluate_generation(model, tokenizer, data.val.examples, session.config.eval, name)
-    model.config.use_cache = False
-    return result
 
 
 def score_base(session: Session, tokenizer: Any, data: PreparedData) -> EvalResult | None:
@@ -215,16 +200,14 @@ def train_classifier(
     session = build_session(config, run, accelerator, loss, samples, batcher, console)
     metric = config.eval.metric if config.eval.metric in ("accuracy", "macro_f1") else "macro_f1"
 
-    def evaluate(model: Any, name: str) -> EvalResult:
-        return evaluate_classifier(model, data.val, data.labels, batcher, name, weights)
+    def score(model: Any, name: str) -> EvalResult:
+        return evaluate_classifier(model, data.val, data.labels, batcher, name, weights, metric)
 
-    session.scorer = lambda model, step: evaluate(model, f"step-{step}").tasks["all"][metric]
+    session.scorer = score
     start = restore_latest(session) if resume else 0
     last = run_loop(session, start)
     classic = partial(classify_baseline, metric, data.train.texts, data.val.texts, data.labels)
-    return finish(
-        session, tokenizer, last, None, lambda model: evaluate(model, "fine-tuned"), classic
-    )
+    return finish(session, tokenizer, last, None, classic)
 
 
 def finish(
@@ -232,10 +215,10 @@ def finish(
     tokenizer: Any,
     steps: int,
     base: EvalResult | None,
-    evaluate_final: Callable[[Any], EvalResult] | None,
     baseline: Callable[[], Any] | None = None,
 ) -> TrainResult:
-    """Save the adapter (with tokenizer and chat template), then measure the result."""
+    """Save the adapter (with tokenizer and chat template), then measure the result with the
+    session's scorer (its scoring of the last step, if there was one, is the result)."""
     run, accelerator = session.run, session.accelerator
     history = run.read_metrics()
     losses = [r["loss"] for r in history if "loss" in r]
@@ -257,12 +240,14 @@ def finish(
                 tokenizer.save_pretrained(folder)
                 if run.labels.exists():
                     shutil.copy(run.labels, folder / "labels.json")
-        tuned = evaluate_final(session.model) if evaluate_final and session.val_samples else None
+        scored = session.last_scored is not None and session.last_scored[0] == steps
+        tuned = final_evaluation(session, steps) if session.val_samples else None
         if session.val_samples:
             # a class head's evaluation gives the loss from its own passes over the rows
             known = tuned.loss if tuned is not None else None
             result.eval_loss = known if known is not None else eval_loss(session)
-            log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
+            if not (scored and known is not None):  # else logged with the score already
+                log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
         if tuned is not None:
             write_eval(run.eval_dir("final"), tuned, run.read_metrics())
             classic = baseline() if baseline is not None else None
@@ -274,3 +259,12 @@ def finish(
         saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
         write_json(run.root / "results.json", saved)
         return result
+
+
+def final_evaluation(session: Session, steps: int) -> EvalResult | None:
+    """The scorer's result for the trained model, reused when the last step was scored."""
+    if session.scorer is None:
+        return None
+    if session.last_scored is not None and session.last_scored[0] == steps:
+        return replace(session.last_scored[1], name="fine-tuned")
+    return session.scorer(session.model, "fine-tuned")

@@ -103,12 +103,21 @@ def test_class_weights_auto_is_inverse_frequency(tmp_path: Path, qwen3_tok) -> N
 
 
 def test_a_classify_run_trains_the_head_and_writes_its_outputs(
-    tmp_path: Path, qwen3_dir: Path
+    tmp_path: Path, qwen3_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from tunelab import train as training
     from tunelab.train import train
+
+    evaluated: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        evaluated.append(args[4])
+        return evaluate_classifier(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_classifier", counted)
 
     rows = [
         {
@@ -126,13 +135,29 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
             "model": str(qwen3_dir),
             "data": {"train": str(path), "val_fraction": 0.25},
             "lora": {"r": 4, "alpha": 8},
-            "train": {"max_steps": 6, "batch_size": 8, "learning_rate": 5e-3, "save_every": 3},
+            "train": {
+                "max_steps": 6,
+                "batch_size": 8,
+                "learning_rate": 5e-3,
+                "save_every": 3,
+                "eval_every": 3,
+            },
             "eval": {"metric": "macro_f1", "every": 3},
         },
         "t",
     )
     result = train(config)
     run = tmp_path / "runs" / "cls"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the scoring pass gives the eval loss too: one pass over the val rows, one record
+    # the last step's scoring is the final evaluation, not repeated
+    assert evaluated == ["step-3", "step-6"]
+    assert [(r["step"], "eval_macro_f1" in r) for r in history if "eval_loss" in r] == [
+        (3, True),
+        (6, True),
+    ]
+    final_loss = next(r["eval_loss"] for r in history if r["step"] == 6 and "eval_loss" in r)
+    assert result.eval_loss == final_loss
     assert json.loads((run / "labels.json").read_text()) == {"labels": ["正面", "负面"]}
     assert (run / "adapter" / "labels.json").exists()
     metrics = json.loads((run / "eval" / "final" / "metrics.json").read_text())

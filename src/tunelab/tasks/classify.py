@@ -382,10 +382,12 @@ def evaluate_classifier(
     batcher: Callable[..., list[Batch]],
     name: str,
     weights: torch.Tensor | None = None,
+    metric: str = "macro_f1",
 ) -> Any:
-    """Accuracy, P/R/F1 and the confusion matrix on a split; a row per text with its
-    predicted label and probability; and the mean loss ``ClassifierLoss`` gives the split
-    (class ``weights`` as in training), from the same forward passes."""
+    """Accuracy, P/R/F1 and the confusion matrix on a split, ``metric`` (accuracy or
+    macro_f1) the score; a row per text with its predicted label and probability; and the
+    mean loss ``ClassifierLoss`` gives the split (class ``weights`` as in training), from the
+    same forward passes."""
     from tunelab.evaluate import EvalResult
     from tunelab.metrics import label_task_metrics
 
@@ -410,8 +412,8 @@ def evaluate_classifier(
             split.texts, references, predicted, probabilities, strict=True
         )
     ]
-    metrics = label_task_metrics(predicted, references, labels, "macro_f1")
-    result = EvalResult(name, "macro_f1", metrics["headline"], {"all": metrics}, rows)
+    metrics = label_task_metrics(predicted, references, labels, metric)
+    result = EvalResult(name, metric, metrics["headline"], {"all": metrics}, rows)
     if split.samples:
         targets = torch.tensor([s.label_id for s in split.samples])
         summed = F.nll_loss(log_probabilities, targets, weight=weights, reduction="sum")
