@@ -283,14 +283,19 @@ def score_and_keep_best(session: Session, step: int) -> tuple[bool, bool]:
     if loss is not None:
         record["eval_loss"] = loss
     log_metrics(session, record)
-    best = session.best
-    improved = not best or (score > best["score"] if cfg.mode == "max" else score < best["score"])
+    if not keep_if_best(session, step, score):
+        session.best["stale"] += 1
+    return bool(cfg.patience and session.best["stale"] >= cfg.patience), loss is not None
+
+
+def keep_if_best(session: Session, step: int, score: float) -> bool:
+    """Copy the model to best/ if ``score`` beats the best so far (or is the first)."""
+    best, mode = session.best, session.config.eval.mode
+    improved = not best or (score > best["score"] if mode == "max" else score < best["score"])
     if improved:
         save_adapter_atomically(session.model, session.run.best)
         session.best = {"step": step, "score": score, "stale": 0}
-    else:
-        best["stale"] += 1
-    return bool(cfg.patience and session.best["stale"] >= cfg.patience), loss is not None
+    return improved
 
 
 def save_adapter_atomically(model: Any, target: Path) -> None:

@@ -27,6 +27,7 @@ from tunelab.loop import (
     build_accelerator,
     build_session,
     eval_loss,
+    keep_if_best,
     log_metrics,
     restore_latest,
     run_loop,
@@ -235,13 +236,17 @@ def finish(
         return result
     with main_alone(accelerator.device):
         session.model.save_pretrained(run.adapter)
+        scored = session.last_scored is not None and session.last_scored[0] == steps
+        tuned = final_evaluation(session, steps) if session.val_samples else None
+        # the final model may beat every scored step; best/ then holds it
+        if tuned is not None and session.best and not scored:
+            keep_if_best(session, steps, tuned.score)
+            result.best = session.best
         for folder in (run.adapter, run.best):
             if folder.exists():
                 tokenizer.save_pretrained(folder)
                 if run.labels.exists():
                     shutil.copy(run.labels, folder / "labels.json")
-        scored = session.last_scored is not None and session.last_scored[0] == steps
-        tuned = final_evaluation(session, steps) if session.val_samples else None
         if session.val_samples:
             # a class head's evaluation gives the loss from its own passes over the rows
             known = tuned.loss if tuned is not None else None

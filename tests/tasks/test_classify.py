@@ -102,6 +102,37 @@ def test_class_weights_auto_is_inverse_frequency(tmp_path: Path, qwen3_tok) -> N
     )
 
 
+def review_run_config(tmp_path: Path, qwen3_dir: Path, max_steps: int, every: int = 3) -> Any:
+    """A classify run on 48 two-label reviews, scored (and checkpointed) ``every`` steps."""
+    rows = [
+        {
+            "text": ("很好 " if i % 2 else "很差 ") * (1 + i % 3),
+            "label": "正面" if i % 2 else "负面",
+        }
+        for i in range(48)
+    ]
+    path = write_table(tmp_path / "reviews.jsonl", rows)
+    return validate_config(
+        {
+            "task": "classify",
+            "name": "cls",
+            "output_dir": str(tmp_path / "runs"),
+            "model": str(qwen3_dir),
+            "data": {"train": str(path), "val_fraction": 0.25},
+            "lora": {"r": 4, "alpha": 8},
+            "train": {
+                "max_steps": max_steps,
+                "batch_size": 8,
+                "learning_rate": 5e-3,
+                "save_every": every,
+                "eval_every": every,
+            },
+            "eval": {"metric": "macro_f1", "every": every},
+        },
+        "t",
+    )
+
+
 def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     tmp_path: Path, qwen3_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,33 +150,7 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
 
     monkeypatch.setattr(training, "evaluate_classifier", counted)
 
-    rows = [
-        {
-            "text": ("很好 " if i % 2 else "很差 ") * (1 + i % 3),
-            "label": "正面" if i % 2 else "负面",
-        }
-        for i in range(48)
-    ]
-    path = write_table(tmp_path / "reviews.jsonl", rows)
-    config = validate_config(
-        {
-            "task": "classify",
-            "name": "cls",
-            "output_dir": str(tmp_path / "runs"),
-            "model": str(qwen3_dir),
-            "data": {"train": str(path), "val_fraction": 0.25},
-            "lora": {"r": 4, "alpha": 8},
-            "train": {
-                "max_steps": 6,
-                "batch_size": 8,
-                "learning_rate": 5e-3,
-                "save_every": 3,
-                "eval_every": 3,
-            },
-            "eval": {"metric": "macro_f1", "every": 3},
-        },
-        "t",
-    )
+    config = review_run_config(tmp_path, qwen3_dir, max_steps=6)
     result = train(config)
     run = tmp_path / "runs" / "cls"
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -315,3 +320,23 @@ def test_the_evaluation_gives_the_mean_training_loss_from_its_own_passes(qwen3_d
     top = [round(p.max().item(), 4) for p in torch.cat(probabilities)]
     by_length = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
     assert [result.rows[i]["probability"] for i in by_length] == pytest.approx(top, abs=1e-4)
+
+
+def test_a_final_model_better_than_every_scored_step_becomes_best(
+    tmp_path: Path, qwen3_dir: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from tunelab.train import train
+
+    result = train(review_run_config(tmp_path, qwen3_dir, max_steps=3, every=2))
+    run = tmp_path / "runs" / "cls"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = next(r["eval_macro_f1"] for r in history if "eval_macro_f1" in r)
+    final = result.scores["fine-tuned"]
+    assert final > scored  # the case under test: step 2 scored, step 3 better
+    assert result.best == {"step": 3, "score": final, "stale": 0}
+    best, last = (load_file(run / d / "adapter_model.safetensors") for d in ("best", "adapter"))
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    assert (run / "best" / "labels.json").exists() and (run / "best" / "tokenizer.json").exists()
+    assert json.loads((run / "results.json").read_text())["best"]["step"] == 3
