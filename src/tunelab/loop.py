@@ -84,6 +84,12 @@ class Session:
     best: dict[str, Any] = field(default_factory=dict)  # step, score, stale (evals since)
     last_scored: tuple[int, Any] | None = None  # (step, its EvalResult)
 
+    def scored_at(self, step: int) -> Any:
+        """The scorer's EvalResult of ``step``, if that was the last step scored; else None."""
+        if self.last_scored is None or self.last_scored[0] != step:
+            return None
+        return self.last_scored[1]
+
     @property
     def model(self) -> Any:
         """The PEFT model, unwrapped from any data-parallel wrapper."""

@@ -255,6 +255,13 @@ def _use_fast_dropout(model: nn.Module, recomputable: bool) -> None:
                     dropouts[name] = FastDropout(layer.p, recomputable)
 
 
+def adapted_model(model: nn.Module) -> Any:
+    """The transformers model inside a PEFT wrapper (its LoRA layers stay in place); a model
+    without one as it is."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def load_adapter(model: PreTrainedModel, adapter_dir: Path, trainable: bool = False) -> Any:
     """Put a saved adapter on a base model."""
     from peft import PeftModel

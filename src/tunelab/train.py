@@ -236,12 +236,8 @@ def finish(
         return result
     with main_alone(accelerator.device):
         session.model.save_pretrained(run.adapter)
-        scored = session.last_scored is not None and session.last_scored[0] == steps
-        tuned = final_evaluation(session, steps) if session.val_samples else None
-        # the final model may beat every scored step; best/ then holds it
-        if tuned is not None and session.best and not scored:
-            keep_if_best(session, steps, tuned.score)
-            result.best = session.best
+        tuned = final_evaluation(session, steps)
+        result.best = session.best or None
         for folder in (run.adapter, run.best):
             if folder.exists():
                 tokenizer.save_pretrained(folder)
@@ -251,7 +247,7 @@ def finish(
             # a class head's evaluation gives the loss from its own passes over the rows
             known = tuned.loss if tuned is not None else None
             result.eval_loss = known if known is not None else eval_loss(session)
-            if not (scored and known is not None):  # else logged with the score already
+            if known is None or session.scored_at(steps) is None:  # else logged with the score
                 log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
         if tuned is not None:
             write_eval(run.eval_dir("final"), tuned, run.read_metrics())
@@ -267,9 +263,14 @@ def finish(
 
 
 def final_evaluation(session: Session, steps: int) -> EvalResult | None:
-    """The scorer's result for the trained model, reused when the last step was scored."""
-    if session.scorer is None:
+    """The scorer's result for the trained model: the last step's scoring if it was scored,
+    else a new one, kept in best/ when it beats every scored step."""
+    if session.scorer is None or not session.val_samples:
         return None
-    if session.last_scored is not None and session.last_scored[0] == steps:
-        return replace(session.last_scored[1], name="fine-tuned")
-    return session.scorer(session.model, "fine-tuned")
+    scored = session.scored_at(steps)
+    if scored is not None:
+        return replace(scored, name="fine-tuned")
+    tuned = session.scorer(session.model, "fine-tuned")
+    if session.best:
+        keep_if_best(session, steps, tuned.score)
+    return tuned

@@ -27,6 +27,7 @@ from tunelab.data.prepare import (
 )
 from tunelab.data.readers import RawRow, Reject, Source, read_rows
 from tunelab.errors import TunelabError
+from tunelab.models import adapted_model
 
 HEAD_MODULES = ["score"]
 
@@ -244,8 +245,7 @@ def class_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     """
     if batch.cu_seq_lens is None:
         return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    get_base = getattr(model, "get_base_model", None)
-    classifier = get_base() if callable(get_base) else model  # LoRA layers stay in place
+    classifier = adapted_model(model)
     body = getattr(classifier, classifier.base_model_prefix)
     hidden = body(
         input_ids=batch.input_ids,

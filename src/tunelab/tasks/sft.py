@@ -24,6 +24,7 @@ from tunelab.data.prepare import (
 )
 from tunelab.data.readers import Reject
 from tunelab.errors import TunelabError
+from tunelab.models import adapted_model
 
 # logits held at once by the loss: 256 MiB is 441 positions of Qwen3's 151,936-entry vocabulary
 LOSS_CHUNK_BYTES = 256 * 2**20
@@ -77,7 +78,7 @@ class CausalLMLoss(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (sum of losses, number of target tokens) for the batch."""
-        causal_lm = _unwrap_causal_lm(self.model)
+        causal_lm = adapted_model(self.model)
         hidden = causal_lm.get_decoder()(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -172,12 +173,6 @@ def _out_features(head: nn.Module) -> int:
 
 def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def _unwrap_causal_lm(model: nn.Module) -> Any:
-    """The transformers CausalLM inside a PEFT wrapper (LoRA layers stay in place)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 @dataclass
