@@ -12,6 +12,12 @@ import pytest
 from tiny_models import save_tiny_llama, save_tiny_qwen3
 
 
+def _native_bf16() -> bool:
+    from tunelab.precision import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2-135M, converted to safetensors in the user cache once."""
@@ -89,6 +95,48 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
     )
     train(config)
     return root / "runs" / "labels"
+
+
+FP32_UNIT_ROUNDOFF = 2.0**-24  # half the distance from 1 to the next fp32 number
+BF16_UNIT_ROUNDOFF = 2.0**-8
+PRECISIONS = [
+    "fp32",
+    pytest.param(
+        "bf16",
+        marks=pytest.mark.skipif(
+            not _native_bf16(), reason="bf16 on this CPU is emulated; tunelab refuses it"
+        ),
+    ),
+]
+
+
+def reordering_tolerance(precision: str, terms: int) -> float:
+    """How far apart (normwise, relative) two runs may end that add the same ``terms``
+    per-token gradient terms in another order (other rows, passes or processes).
+
+    Reordering a sum of n fp32 terms moves it by at most (n - 1) u times the sum of their
+    magnitudes (u: the unit roundoff). In bf16 the frozen matmuls also round each product
+    once to bf16 (sums stay fp32): where two runs' values straddle a rounding boundary they
+    part by one bf16 unit, in a few elements, normwise far less than one bf16 unit roundoff.
+    """
+    return terms * FP32_UNIT_ROUNDOFF + (BF16_UNIT_ROUNDOFF if precision == "bf16" else 0.0)
+
+
+def lora_deltas(adapter: Path) -> dict[str, Any]:
+    """Per adapted layer, the weight change the adapter adds (B @ A; the scale is common)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    return {
+        key.replace(".lora_A.weight", ""): weights[key.replace("lora_A", "lora_B")] @ value
+        for key, value in weights.items()
+        if key.endswith("lora_A.weight")
+    }
+
+
+def relative_distance(a: Any, b: Any) -> float:
+    """Normwise: ||a - b|| / ||a||."""
+    return ((a - b).norm() / a.norm()).item()
 
 
 def alpaca_rows(count: int, answer: str = "好") -> list[dict[str, str]]:

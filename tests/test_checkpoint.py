@@ -1,4 +1,5 @@
-"""Checkpoints bring back every process's random generators, each in its own slot."""
+"""Checkpoints bring back every process's random generators, each in its own slot, and the
+optimizer's state."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -17,7 +19,8 @@ from tunelab.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from tunelab.config import LoraConfig
+from tunelab.config import LoraConfig, TrainConfig
+from tunelab.loop import build_optimizer
 from tunelab.models import attach_lora
 
 
@@ -67,3 +70,26 @@ def test_a_checkpoint_from_before_per_rank_states_loads_as_one_process(
     (loaded,) = load_checkpoint(saved, model, optimizer).rng
     restore_rng(loaded)
     assert draws() == expected
+
+
+@pytest.mark.parametrize("optimizer_name", ["adamw", "sgd"])
+def test_the_optimizer_state_comes_back_exactly(
+    qwen3_dir: Path, tmp_path: Path, optimizer_name: str
+) -> None:
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(qwen3_dir), LoraConfig(r=2))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    settings = TrainConfig(optimizer=optimizer_name, learning_rate=0.1)
+    optimizer = build_optimizer(trainable, settings)
+    for param in trainable:
+        param.grad = torch.randn_like(param)
+    optimizer.step()
+    saved = save_checkpoint(tmp_path, model, optimizer, TrainingState(1, {}, [capture_rng()]), 1)
+    fresh = build_optimizer(trainable, settings)
+    load_checkpoint(saved, model, fresh)
+    before, after = optimizer.state_dict(), fresh.state_dict()
+    as_json = json.loads(json.dumps(before["param_groups"]))  # AdamW's betas come back a list
+    assert after["param_groups"] == as_json
+    assert before["state"] and after["state"].keys() == before["state"].keys()
+    for index, values in before["state"].items():
+        for name, value in values.items():
+            assert torch.equal(torch.as_tensor(after["state"][index][name]), torch.as_tensor(value))

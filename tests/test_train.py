@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import alpaca_rows
+from conftest import PRECISIONS, alpaca_rows, lora_deltas, relative_distance, reordering_tolerance
 from tunelab.config import validate_config
 from tunelab.train import train
 
@@ -103,12 +103,27 @@ def test_a_run_writes_its_directory_and_moves_only_the_adapter(
     assert saved_tokenizer.chat_template == AutoTokenizer.from_pretrained(qwen3_dir).chat_template
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_token_normalised_accumulation_matches_one_big_batch(
-    qwen3_dir, write_jsonl, tmp_path
+    qwen3_dir, write_jsonl, tmp_path, precision
 ) -> None:
+    """The same step's gradient whether its samples go through one pass or four.
+
+    SGD for one step: lora_B starts at zero, so it ends at -lr times the step's gradient
+    (and lora_A, whose gradient is zero while B is, stays put); the two runs add the same
+    per-token terms in another order. AdamW would divide by sqrt(v) and amplify rounding
+    in the elements whose gradient is near zero (test_launch says more).
+    """
     rows = [{"instruction": f"q{i}", "output": "答" * (1 + i % 7)} for i in range(8)]
     data = write_jsonl(rows)
-    common = {"max_steps": 1, "save_every": None, "max_grad_norm": None, "warmup_ratio": 0.0}
+    common = {
+        "max_steps": 1,
+        "save_every": None,
+        "max_grad_norm": None,
+        "warmup_ratio": 0.0,
+        "optimizer": "sgd",
+        "precision": precision,
+    }
     # one forward pass for the whole step, against one pass per one or two samples
     one = tiny_config(qwen3_dir, data, tmp_path, "one", batch_size=8, grad_accum=1, **common)
     two = tiny_config(
@@ -119,9 +134,12 @@ def test_token_normalised_accumulation_matches_one_big_batch(
         raw["data"]["val"] = str(data)
         raw["eval"]["generate"] = False
         train(validate_config(raw, "test"))
-    a, b = adapter_weights(tmp_path / "one"), adapter_weights(tmp_path / "two")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=2e-6)
+    a, b = lora_deltas(tmp_path / "one" / "adapter"), lora_deltas(tmp_path / "two" / "adapter")
+    assert a.keys() == b.keys() and len(a) == 2 * 7
+    tolerance = reordering_tolerance(precision, 8 * 64)  # batch 8 x max_length 64 terms
+    for key, delta in a.items():
+        assert delta.norm() > 0, key
+        assert relative_distance(delta, b[key]) <= tolerance, key
 
 
 def cli(config: Path, *extra: str) -> subprocess.Popen:

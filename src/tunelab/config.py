@@ -108,6 +108,12 @@ class TrainConfig(Section):
         "none",
         description="task classify: loss weight per class; `auto` = inverse frequency.",
     )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="`adamw`: AdamW (betas 0.9, 0.999). `sgd`: SGD with momentum 0.9, whose "
+        "update is linear in the gradient, so two runs that differ only in rounding end "
+        "equally close; it needs a higher learning rate than AdamW.",
+    )
     learning_rate: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"

@@ -108,6 +108,15 @@ def build_accelerator(cfg: TrainConfig) -> Any:
     return Accelerator(mixed_precision=mode, cpu=not torch.cuda.is_available())
 
 
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer that ``train.optimizer`` names, over the trainable parameters."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def build_session(
     config: RunConfig,
     run: RunDir,
@@ -127,7 +136,7 @@ def build_session(
     cfg = config.train
     plan = plan_steps(len(samples[0]), cfg)
     trainable = [p for p in loss_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(trainable, cfg)
     scheduler = get_scheduler(
         SCHEDULERS[cfg.scheduler],
         optimizer,
