@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the CPU build of torch; any other request pulls gigabytes of CUDA packages
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +21,21 @@ demo: $(STAMP)
 	$(BIN)/tunelab train examples/sentiment/config.yaml --overwrite
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples docs
+	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples docs
+	$(BIN)/ruff format --check src tests bench examples docs
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench examples
-	$(BIN)/ruff check --fix src tests bench examples
+	$(BIN)/ruff format src tests bench examples docs
+	$(BIN)/ruff check --fix src tests bench examples docs
+
+# the config and CLI references in docs/, generated from the code
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
 
 # every contender on the same workload, interleaved; writes bench/results/<date>-<machine>.md
 bench: $(STAMP)

@@ -22,7 +22,8 @@ from tunelab.data.corpora import sentiment_rows
 from tunelab.data.encode import encode_prompt
 from tunelab.data.formats import from_alpaca
 from tunelab.generate import GenerationOptions, generate_texts
-from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
+from tunelab.models.load import load_causal_lm, load_tokenizer
+from tunelab.models.resolve import resolve_model
 from tunelab.precision import bf16_frozen_matmuls, resolve_precision
 
 

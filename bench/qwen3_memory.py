@@ -61,10 +61,11 @@ def one_variant(
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
 
+    from tunelab.cpu.training import prepare_for_cpu_training
     from tunelab.data.batching import Batch
-    from tunelab.models import set_activation_checkpointing
-    from tunelab.precision import cpu_training_kernels, resolve_precision
-    from tunelab.tasks.sft import CausalLMLoss
+    from tunelab.models.load import set_activation_checkpointing
+    from tunelab.precision import resolve_precision
+    from tunelab.tasks.sft.loss import CausalLMLoss
 
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(qwen3_06b_config())
@@ -76,7 +77,7 @@ def one_variant(
     )
     precision = resolve_precision(precision) if kernels else "fp32"
     if kernels:
-        cpu_training_kernels(model, precision, ROWS * WIDTH)
+        prepare_for_cpu_training(model, precision, ROWS * WIDTH)
     ids = torch.randint(0, 151_643, (ROWS, WIDTH))
     labels = ids.clone()
     if labels_kind == "answers":

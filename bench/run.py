@@ -185,7 +185,7 @@ def main() -> None:
 def _mean_tokens(work: Workload, rows: list[dict]) -> float:
     from tunelab.data.encode import encode_chat
     from tunelab.data.formats import from_alpaca
-    from tunelab.models import load_tokenizer
+    from tunelab.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(Path(work.model_dir))
     lengths = [

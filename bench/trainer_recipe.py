@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, set_s
 from bench.workload import WORK_DIR, load_workload
 from tunelab.data.encode import IGNORE_INDEX, encode_chat
 from tunelab.data.prepare import load_examples
-from tunelab.models import load_tokenizer
+from tunelab.models.load import load_tokenizer
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

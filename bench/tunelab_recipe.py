@@ -16,18 +16,13 @@ import subprocess
 import sys
 import time
 
-from accelerate.utils import set_seed
 from rich.console import Console
 
 from bench.workload import WORK_DIR, load_workload
-from tunelab import kernels
 from tunelab.config import validate_config
-from tunelab.launch import start_workers, wait_for_workers
-from tunelab.loop import build_accelerator, build_session, run_loop
-from tunelab.models import load_tokenizer
-from tunelab.run_dir import RunDir
-from tunelab.tasks.sft import CausalLMLoss, prepare_sft, sft_batcher
-from tunelab.train import build_model
+from tunelab.train.launch import start_workers, wait_for_workers
+from tunelab.train.loop import run_loop
+from tunelab.train.run import build_run
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -84,25 +79,8 @@ def main() -> None:
         },
         "bench",
     )
-    run = RunDir(config.run_dir)
-    accelerator = build_accelerator(config.train)
-    if accelerator.is_main_process:
-        run.start(resume=False, overwrite=True)
-    accelerator.wait_for_everyone()
-    set_seed(work.seed)
-    tokenizer = load_tokenizer(work.model_dir)
-    data = prepare_sft(config.data, tokenizer)
-    model = build_model(work.model_dir, config)
-    batcher = sft_batcher(
-        config.data,
-        config.train.forward_tokens,
-        tokenizer.pad_token_id,
-        segmented=kernels.takes_sample_boundaries(model),
-    )
-    samples = (data.train.samples, data.val.samples)
-    session = build_session(
-        config, run, accelerator, CausalLMLoss(model), samples, batcher, Console(quiet=True)
-    )
+    session = build_run(config, overwrite=True, console=Console(quiet=True)).session
+    run = session.run
     started = time.perf_counter()
     run_loop(session, 0)
     seconds = time.perf_counter() - started

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tunelab.config import ModelConfig
 from tunelab.data.corpora import sentiment_rows
-from tunelab.models import resolve_model
+from tunelab.models.resolve import resolve_model
 
 BENCH_DIR = Path(__file__).parent
 WORK_DIR = BENCH_DIR / "work"

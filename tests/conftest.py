@@ -22,14 +22,14 @@ def _native_bf16() -> bool:
 def embedded_dir() -> Path:
     """The embedded SmolLM2-135M, converted to safetensors in the user cache once."""
     from tunelab.config import ModelConfig
-    from tunelab.models import resolve_model
+    from tunelab.models.resolve import resolve_model
 
     return resolve_model(ModelConfig())
 
 
 @pytest.fixture(scope="session")
 def smollm_tokenizer(embedded_dir: Path) -> Any:
-    from tunelab.models import load_tokenizer
+    from tunelab.models.load import load_tokenizer
 
     return load_tokenizer(embedded_dir)
 
@@ -46,7 +46,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer: Any) -
 
 @pytest.fixture(scope="session")
 def qwen3_tok(qwen3_dir: Path) -> Any:
-    from tunelab.models import load_tokenizer
+    from tunelab.models.load import load_tokenizer
 
     return load_tokenizer(qwen3_dir)
 
@@ -70,7 +70,7 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
     """A finished run of the tiny Qwen3 on a two-label task (4 steps)."""
     from tunelab.config import validate_config
-    from tunelab.train import train
+    from tunelab.train.run import train
 
     root = tmp_path_factory.mktemp("tiny-run")
     data = root / "labels.jsonl"
@@ -89,12 +89,51 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
             "data": {"train": str(data), "max_length": 64, "val_fraction": 0.2},
             "lora": {"r": 4, "alpha": 8},
             "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 2},
-            "eval": {"metric": "accuracy", "max_new_tokens": 3, "max_rows": 8},
+            "eval": {
+                "scoring": {"metric": "accuracy"},
+                "generation": {"max_new_tokens": 3},
+                "max_rows": 8,
+            },
         },
         "tiny",
     )
     train(config)
     return root / "runs" / "labels"
+
+
+@pytest.fixture(scope="session")
+def class_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
+    """A finished class-head run of the tiny Qwen3 on two labels (4 steps)."""
+    from tunelab.config import validate_config
+    from tunelab.train.run import train
+
+    root = tmp_path_factory.mktemp("class-run")
+    rows = [
+        {
+            "text": ("很好 " if i % 2 else "很差 ") * (1 + i % 3),
+            "label": "正面" if i % 2 else "负面",
+        }
+        for i in range(32)
+    ]
+    data = root / "reviews.jsonl"
+    data.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
+    )
+    config = validate_config(
+        {
+            "task": "classify",
+            "name": "reviews",
+            "output_dir": str(root / "runs"),
+            "model": str(qwen3_dir),
+            "data": {"train": str(data), "val_fraction": 0.25},
+            "lora": {"r": 4, "alpha": 8},
+            "train": {"max_steps": 4, "batch_size": 8, "save_every": 2},
+            "eval": {"scoring": {"metric": "accuracy"}},
+        },
+        "class-run",
+    )
+    train(config)
+    return root / "runs" / "reviews"
 
 
 FP32_UNIT_ROUNDOFF = 2.0**-24  # half the distance from 1 to the next fp32 number

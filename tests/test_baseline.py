@@ -37,6 +37,6 @@ def test_english_text_uses_word_ngrams_and_wrong_rows_are_counted() -> None:
 
 
 def test_label_tasks_are_recognised_by_metric_or_choices() -> None:
-    assert is_label_task(EvalConfig(metric="accuracy"))
-    assert is_label_task(EvalConfig(metric="bleu", choices=["a", "b"]))
-    assert not is_label_task(EvalConfig(metric="bleu"))
+    assert is_label_task(EvalConfig(scoring={"metric": "accuracy"}))
+    assert is_label_task(EvalConfig(scoring={"metric": "bleu", "choices": ["a", "b"]}))
+    assert not is_label_task(EvalConfig(scoring={"metric": "bleu"}))

@@ -63,10 +63,10 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 
 def test_classify_gets_its_own_learning_rate_unless_one_is_given() -> None:
-    from tunelab.config import CLASSIFY_LEARNING_RATE, validate_config
+    from tunelab.config import TASK_LEARNING_RATES, validate_config
 
     head = validate_config({"task": "classify", "data": {"train": "t.csv"}}, "c")
-    assert head.train.learning_rate == CLASSIFY_LEARNING_RATE
+    assert head.train.learning_rate == TASK_LEARNING_RATES["classify"] == 1e-3
     chosen = {"task": "classify", "data": {"train": "t.csv"}, "train": {"learning_rate": 5e-5}}
     assert validate_config(chosen, "c").train.learning_rate == 5e-5
     assert validate_config({"data": {"train": "t.csv"}}, "c").train.learning_rate == 2e-4
@@ -82,3 +82,72 @@ def test_gradient_checkpointing_below_zero_is_refused() -> None:
     raw = {"data": {"train": "t.jsonl"}, "train": {"gradient_checkpointing": -2}}
     with pytest.raises(TunelabError, match=r"train\.gradient_checkpointing.*N >= 1"):
         validate_config(raw, "c")
+
+
+def config_sections() -> list[type]:
+    from pydantic import BaseModel
+
+    from tunelab.config import RunConfig
+
+    found, queue = [], [RunConfig]
+    while queue:
+        section = queue.pop()
+        found.append(section)
+        for field in section.model_fields.values():
+            kind = field.annotation
+            inner = [kind, *getattr(kind, "__args__", ())]
+            queue += [k for k in inner if isinstance(k, type) and issubclass(k, BaseModel)]
+    return found
+
+
+def test_every_field_is_described() -> None:
+    sections = config_sections()
+    assert len(sections) >= 10
+    undescribed = [
+        f"{section.__name__}.{name}"
+        for section in sections
+        for name, field in section.model_fields.items()
+        if not field.description and not _is_section(field.annotation)
+    ]
+    assert not undescribed, undescribed
+
+
+def _is_section(annotation: object) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def test_moved_keys_still_work_and_say_their_new_name(tmp_path: Path) -> None:
+    from tunelab.config_keys import RenamedKeyWarning
+
+    old = (
+        "data: {train: a.jsonl}\n"
+        "train: {eval_every: 5}\n"
+        "eval: {metric: accuracy, every: 10, max_new_tokens: 8, constrain: true, "
+        "tasks: {t: {metrics: [bleu]}}}\n"
+    )
+    with pytest.warns(RenamedKeyWarning) as caught:
+        config = load_config(write(tmp_path, old))
+    said = {str(w.message).split(": ", 1)[1] for w in caught}
+    assert (
+        "`eval.every` is now `eval.select.every`; the old key works until the next release" in said
+    )
+    assert len(said) == 6
+    assert config.train.val_loss_every == 5 and config.eval.select.every == 10
+    assert config.eval.metric == config.eval.scoring.metric == "accuracy"
+    assert config.eval.generation.max_new_tokens == 8 and config.eval.generation.constrain
+    assert config.eval.scoring.tasks["t"].metrics == ["bleu"]
+    resolved = dump_config(config)
+    assert "eval_every" not in resolved and "select:" in resolved
+    both = "data: {train: a.jsonl}\neval: {every: 3, select: {every: 4}}\n"
+    with pytest.raises(TunelabError, match=r"eval\.every: unknown key"):
+        load_config(write(tmp_path, both))
+
+
+def test_a_moved_key_in_an_override_moves_too(tmp_path: Path) -> None:
+    from tunelab.config_keys import RenamedKeyWarning
+
+    with pytest.warns(RenamedKeyWarning):
+        config = load_config(write(tmp_path, "data: {train: a.jsonl}\n"), ["eval.patience=2"])
+    assert config.eval.select.patience == 2

@@ -9,7 +9,7 @@ import pytest
 
 from tunelab.config import validate_config
 from tunelab.data.corpora import build_corpus
-from tunelab.train import train
+from tunelab.train.run import train
 
 
 @pytest.mark.slow
@@ -28,9 +28,9 @@ def test_fine_tuning_the_embedded_model_on_real_reviews_improves_held_out_accura
             },
             "train": {"max_steps": 20, "batch_size": 8, "learning_rate": 3e-4, "save_every": 10},
             "eval": {
-                "metric": "accuracy",
+                "scoring": {"metric": "accuracy"},
                 "max_rows": 48,
-                "max_new_tokens": 6,
+                "generation": {"max_new_tokens": 6},
                 "compare_base": True,
             },
         },

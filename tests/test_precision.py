@@ -7,8 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.config import LoraConfig, ModelConfig
+from tunelab.cpu.dropout import FastDropout
 from tunelab.errors import TunelabError
-from tunelab.models import FastDropout, attach_lora, load_causal_lm
+from tunelab.models.load import attach_lora, load_causal_lm
 from tunelab.precision import bf16_frozen_matmuls, cpu_has_native_bf16, resolve_precision
 
 
@@ -67,7 +68,10 @@ def test_fast_dropout_matches_dropout_statistics() -> None:
 
 
 def test_lora_dropout_layers_use_fast_dropout(qwen3_dir) -> None:
+    from tunelab.cpu.training import prepare_for_cpu_training
+
     model = AutoModelForCausalLM.from_pretrained(qwen3_dir)
     wrapped = attach_lora(model, LoraConfig(r=2, dropout=0.1))
+    prepare_for_cpu_training(wrapped, "fp32", 64)
     kinds = {type(m).__name__ for m in wrapped.modules() if "Dropout" in type(m).__name__}
     assert kinds == {"FastDropout"}

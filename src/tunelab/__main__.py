@@ -1,5 +1,5 @@
 """`python -m tunelab` is the `tunelab` command."""
 
-from tunelab.cli import main
+from tunelab.cli.main import main
 
 main()

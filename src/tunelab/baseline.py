@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.evaluate import EvalResult
 from tunelab.metrics import has_cjk, label_task_metrics
+from tunelab.scoring import EvalResult
 
 
 @dataclass
@@ -70,9 +70,8 @@ LABEL_METRICS = ("accuracy", "macro_f1")
 
 def is_label_task(eval_config: Any) -> bool:
     """A single-task SFT set whose answers are labels (scored by accuracy / macro-F1)."""
-    return not eval_config.tasks and (
-        eval_config.metric in LABEL_METRICS or bool(eval_config.choices)
-    )
+    scoring = eval_config.scoring
+    return not scoring.tasks and (scoring.metric in LABEL_METRICS or bool(scoring.choices))
 
 
 def sft_baseline(
@@ -82,7 +81,7 @@ def sft_baseline(
     reference answer the label; scored on the rows the model is scored on."""
     rows = list(val_examples[: eval_config.max_rows])
     train_labels = [e.answer.strip() for e in train_examples]
-    labels = list(eval_config.choices) or sorted(set(train_labels))
+    labels = list(eval_config.scoring.choices) or sorted(set(train_labels))
     metric = eval_config.metric if eval_config.metric in LABEL_METRICS else "accuracy"
     return fit_and_score(
         [e.prompt[-1]["content"] for e in train_examples],

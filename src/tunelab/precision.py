@@ -11,6 +11,7 @@ matrix products, most of the work, run at bf16 speed.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tunelab.errors import TunelabError
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -50,6 +52,17 @@ def resolve_precision(requested: str) -> str:
             "Use precision: auto (picks fp32 here) or fp32"
         )
     return requested
+
+
+def usable_precision(trained_with: str | None) -> str:
+    """The precision to use a run in: the one it trained in where this machine runs that,
+    else what ``auto`` picks here (a run trained in bf16 on a GPU, opened on an AVX2 CPU)."""
+    if trained_with is None:
+        return resolve_precision("auto")
+    try:
+        return resolve_precision(trained_with)
+    except TunelabError:
+        return resolve_precision("auto")
 
 
 def autocast_mode(precision: str) -> str:
@@ -81,26 +94,6 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
             module.register_forward_hook(_output_to_fp32)
             converted += 1
     return converted
-
-
-def cpu_training_kernels(model: nn.Module, precision: str, forward_tokens: int) -> None:
-    """On a CPU: bf16 frozen matmuls when asked, the fused LoRA layers, tunelab's attention,
-    and activation-sized blocks mapped from the OS (``tunelab.heap``) when passes of
-    ``forward_tokens`` make them big enough.
-
-    On a GPU: nothing.
-    """
-    from tunelab import heap, kernels
-
-    if torch.cuda.is_available():
-        return
-    hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
-    if hidden_size:
-        heap.map_activation_blocks(hidden_size, forward_tokens)
-    if precision == "bf16":
-        bf16_frozen_matmuls(model)
-    kernels.install(model)
-    kernels.use_cpu_attention(model)
 
 
 def _inputs_to_bf16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

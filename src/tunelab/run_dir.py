@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+
+CHECKPOINT_PREFIX = "step-"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,57 @@ class RunDir:
         """The adapter that scored best during training (with `eval.every`)."""
         return self.root / "best"
 
+    @property
+    def record(self) -> Path:
+        """What the run resolved once and every later command uses (its precision)."""
+        return self.root / "run.json"
+
+    @property
+    def results(self) -> Path:
+        """What a finished run achieved: steps, losses, scores."""
+        return self.root / "results.json"
+
+    def checkpoint(self, step: int) -> Path:
+        """The checkpoint taken after ``step`` optimizer steps."""
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.checkpoints.exists():
+            return []
+        found = self.checkpoints.iterdir()
+        return sorted(p for p in found if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+    def adapter_of(self, checkpoint: str | None = None) -> Path:
+        """The adapter of ``checkpoint``: `final` (None), `best`, or the step number N."""
+        if checkpoint in (None, "final"):
+            folder = self.adapter
+        elif checkpoint == "best":
+            folder = self.best
+        elif str(checkpoint).isdigit():
+            folder = self.checkpoint(int(checkpoint)) / "adapter"
+        else:
+            raise TunelabError(f"--checkpoint {checkpoint}: expected final, best or a step number")
+        if not (folder / "adapter_config.json").is_file():
+            raise TunelabError(
+                f"{folder}: no adapter there; has the run finished (or saved that step)?"
+            )
+        return folder
+
+    def read_labels(self) -> list[str]:
+        """task classify: the label set in id order."""
+        return json.loads(self.labels.read_text(encoding="utf-8"))["labels"]
+
+    def write_labels(self, labels: list[str]) -> None:
+        """task classify: record the label set in id order."""
+        write_json(self.labels, {"labels": labels})
+
+    def read_record(self) -> dict[str, Any]:
+        """run.json, or an empty record for a run written before it existed."""
+        if not self.record.is_file():
+            return {}
+        return json.loads(self.record.read_text(encoding="utf-8"))
+
     def eval_dir(self, name: str) -> Path:
         """Where one evaluation's metrics and predictions go."""
         return self.root / "eval" / name
@@ -97,3 +153,25 @@ def write_json(path: Path, value: Any) -> None:
     """Pretty JSON, UTF-8, Chinese left readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """A staging folder that takes ``target``'s place only when the block completes.
+
+    A crash leaves the old ``target`` (or none) and a hidden staging folder, never a
+    half-written ``target``.
+    """
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, retired)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)

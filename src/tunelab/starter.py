@@ -46,14 +46,18 @@ train:
   seed: 42
   save_every: 50              # checkpoints, keep_checkpoints newest kept
   keep_checkpoints: 2
-  # eval_every: 50            # eval loss on val every N steps
+  # val_loss_every: 50        # validation loss every N steps
 
 eval:
   generate: true              # after training: generate answers for val rows and score them
-  metric: exact_match         # exact_match | accuracy (first line equals the label)
   max_rows: 200
-  max_new_tokens: 64
   compare_base: false         # true: score the base model on the same rows first
+  generation:
+    max_new_tokens: 64
+  scoring:
+    metric: exact_match       # exact_match | accuracy (first line equals the label)
+  # select:
+  #   every: 50               # score every N steps and keep the best adapter in best/
 """
 
 SAMPLE_ROWS = [

@@ -36,7 +36,7 @@ def run_sweep(
     console: Console,
 ) -> list[dict[str, Any]]:
     """Train and evaluate once per fraction; write and print the sweep."""
-    from tunelab.train import train
+    from tunelab.train.run import train
 
     base = load_config(config_path, list(overrides))
     name = base.name or config_path.stem

@@ -11,25 +11,27 @@ import openpyxl
 import pytest
 import torch
 
-from tunelab import kernels
 from tunelab.config import DataConfig, ModelConfig, validate_config
+from tunelab.cpu.attention import takes_sample_boundaries
 from tunelab.data.batching import Batch
 from tunelab.data.readers import Source
 from tunelab.errors import TunelabError
-from tunelab.tasks.classify import (
-    HEAD_MODULES,
-    ClassifierLoss,
+from tunelab.tasks.classify.data import (
     ClassSample,
     ClassSet,
     LabelledText,
-    class_batcher,
-    class_logits,
-    class_weights,
-    evaluate_classifier,
     label_names,
     prepare_classify,
     read_labelled,
     resolve_labels,
+)
+from tunelab.tasks.classify.head import (
+    HEAD_MODULES,
+    ClassifierLoss,
+    class_batcher,
+    class_logits,
+    class_weights,
+    evaluate_classifier,
 )
 
 
@@ -125,9 +127,9 @@ def review_run_config(tmp_path: Path, qwen3_dir: Path, max_steps: int, every: in
                 "batch_size": 8,
                 "learning_rate": 5e-3,
                 "save_every": every,
-                "eval_every": every,
+                "val_loss_every": every,
             },
-            "eval": {"metric": "macro_f1", "every": every},
+            "eval": {"scoring": {"metric": "macro_f1"}, "select": {"every": every}},
         },
         "t",
     )
@@ -139,8 +141,8 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from tunelab import train as training
-    from tunelab.train import train
+    from tunelab.tasks.classify import task as classify_task
+    from tunelab.train.run import train
 
     evaluated: list[str] = []
 
@@ -148,7 +150,7 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
         evaluated.append(args[4])
         return evaluate_classifier(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_classifier", counted)
+    monkeypatch.setattr(classify_task, "evaluate_classifier", counted)
 
     config = review_run_config(tmp_path, qwen3_dir, max_steps=6)
     result = train(config)
@@ -236,8 +238,8 @@ def test_train_fraction_trains_on_leading_rows_with_the_whole_tables_labels(
 
 def _tiny_classifier(model_dir: Path) -> Any:
     from tunelab.config import LoraConfig
-    from tunelab.models import attach_lora, load_classifier
-    from tunelab.precision import cpu_training_kernels
+    from tunelab.cpu.training import prepare_for_cpu_training
+    from tunelab.models.load import attach_lora, load_classifier
 
     torch.manual_seed(0)
     model = load_classifier(model_dir, ModelConfig(), ["a", "b", "c"], 0, torch.float32)
@@ -245,7 +247,7 @@ def _tiny_classifier(model_dir: Path) -> Any:
     for name, param in model.named_parameters():
         if "lora_B" in name:  # non-zero, so every adapter carries a gradient
             torch.nn.init.normal_(param, std=0.1)
-    cpu_training_kernels(model, "fp32", 256)
+    prepare_for_cpu_training(model, "fp32", 256)
     return model.train()
 
 
@@ -276,7 +278,7 @@ def test_segmented_rows_give_the_padded_batches_loss_logits_and_gradients(
     lengths = [13, 11, 9, 9, 6, 4, 2]  # longest first: both batchers keep this order
     samples = _random_samples(lengths)
     model = _tiny_classifier(qwen3_dir)
-    assert kernels.takes_sample_boundaries(model)
+    assert takes_sample_boundaries(model)
     padded = class_batcher(0, 30)(samples)
     segmented = class_batcher(0, 30, segmented=True)(samples)
     # every row unpadded, within the budget, samples in order, one loss term per sample
@@ -329,7 +331,7 @@ def test_a_final_model_better_than_every_scored_step_becomes_best(
 ) -> None:
     from safetensors.torch import load_file
 
-    from tunelab.train import train
+    from tunelab.train.run import train
 
     result = train(review_run_config(tmp_path, qwen3_dir, max_steps=3, every=2))
     run = tmp_path / "runs" / "cls"

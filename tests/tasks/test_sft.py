@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from tunelab import kernels
+from tunelab.cpu.attention import use_cpu_attention
 from tunelab.data.batching import collate, forward_batches
 from tunelab.data.encode import IGNORE_INDEX, encode_chat
-from tunelab.tasks.sft import CausalLMLoss, chunked_cross_entropy
+from tunelab.tasks.sft.loss import CausalLMLoss, chunked_cross_entropy
 
 
 def encoded_samples(tokenizer, count: int = 6) -> list:
@@ -44,7 +44,7 @@ def test_packed_loss_equals_the_unpacked_loss(qwen3_dir, qwen3_tok) -> None:
     torch.testing.assert_close(
         packed_sum / packed_count, reference / expected_count, rtol=0, atol=1e-5
     )
-    assert kernels.use_cpu_attention(model)
+    assert use_cpu_attention(model)
     (segmented,) = forward_batches(samples, qwen3_tok.pad_token_id, 96, 4096, segmented=True)
     assert segmented.input_ids.shape[0] == 1 and segmented.cu_seq_lens.numel() == 7
     segmented_sum, segmented_count = loss(segmented)

@@ -3,7 +3,7 @@
 Packing places several samples in one row with position ids restarting at 0 for each
 sample and no attention mask: transformers then derives a block-diagonal mask from the
 position ids, so no sample attends to another and per-sample losses equal unpacked ones.
-Where the attention computes each sample on its own (``kernels.use_cpu_attention``), a
+Where the attention computes each sample on its own (``cpu.attention.use_cpu_attention``), a
 forward pass is one row holding as many samples as its token budget allows, no padding at
 all, and the batch says where each sample starts (``cu_seq_lens``, as flash-attn takes them).
 """

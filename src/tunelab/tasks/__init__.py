@@ -1,0 +1,1 @@
+"""Task kinds: each implements the protocol in base.py; registry.py names them."""

@@ -1,0 +1,189 @@
+"""The commands on runs: train, eval, predict, chat, merge, baseline, init, sweep."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunelab.cli.common import (
+    CheckpointOption,
+    RunArgument,
+    SetOption,
+    console,
+    quiet_libraries,
+)
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    help="Fine-tune small open LLMs with LoRA: validated data in, an evaluated adapter out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="The run's YAML config.")],
+    overrides: SetOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model spec; same as --set model.name=...")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete an existing run of the same name.")
+    ] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine (accelerate launch).")
+    ] = 1,
+) -> None:
+    """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""
+    if nproc > 1:
+        from tunelab.train.launch import relaunch, without_option
+
+        sys.exit(relaunch(nproc, without_option(sys.argv[1:], "--nproc")))
+    from tunelab.config import load_config
+    from tunelab.report import print_comparison
+    from tunelab.train.run import train as run_training
+
+    quiet_libraries()
+    settings = load_config(
+        config, [*(overrides or []), *([f"model.name={model}"] if model else [])]
+    )
+    result = run_training(settings, resume=resume, overwrite=overwrite, console=console)
+    if not result.is_main:
+        return
+    if result.evaluations:
+        print_comparison(console, result.evaluations)
+    if result.best:
+        best, metric = result.best, result.metric or settings.eval.metric
+        console.print(f"best {metric} {best['score']:.4f} at step {best['step']}")
+    console.print(
+        f"steps {result.steps}  final train loss {result.train_loss}  "
+        f"eval loss {result.eval_loss}  "
+        f"{result.tokens_per_s:,.0f} real tokens/s"
+    )
+    console.print(f"run directory: {result.run_dir}  (adapter: {result.run_dir}/adapter)")
+
+
+@app.command("eval")
+def evaluate(
+    run: RunArgument,
+    data: Annotated[
+        Path | None, typer.Option(help="Rows to score (default: the run's val split).")
+    ] = None,
+    checkpoint: CheckpointOption = None,
+    compare_base: Annotated[
+        bool, typer.Option(help="Score the base model on the same rows too.")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="Folder name under RUN/eval/.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Generate answers for held-out rows and score them; writes RUN/eval/NAME/."""
+    from tunelab.use.evaluate import run_eval
+
+    quiet_libraries()
+    run_eval(run, data, checkpoint, compare_base, name, overrides or [], console)
+
+
+@app.command()
+def predict(
+    run: RunArgument,
+    input: Annotated[
+        Path, typer.Option("--input", help="Rows to answer (.jsonl, .json, .csv, .xlsx).")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Where to write (.jsonl, .csv, .xlsx).")],
+    checkpoint: CheckpointOption = None,
+    sheet: Annotated[str | None, typer.Option(help="Excel sheet to read.")] = None,
+) -> None:
+    """Answer every row of a file; the output keeps every input column plus `prediction`."""
+    from tunelab.use.predict import predict_file
+
+    quiet_libraries()
+    summary = predict_file(run, input, output, checkpoint, sheet, console)
+    console.print("  ".join(f"{key}: {value}" for key, value in summary.items()))
+
+
+@app.command()
+def chat(
+    run: RunArgument,
+    base: Annotated[
+        bool, typer.Option(help="Talk to the base model, without the adapter.")
+    ] = False,
+    checkpoint: CheckpointOption = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 256,
+) -> None:
+    """Chat in the terminal with streamed answers (/reset, /system TEXT, /exit)."""
+    from tunelab.use.chat import ChatSession, run_repl
+    from tunelab.use.open import open_run
+
+    quiet_libraries()
+    session = ChatSession(open_run(run, checkpoint, base_only=base), max_new_tokens)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    run_repl(session, input, write)
+
+
+@app.command()
+def merge(
+    run: RunArgument,
+    output: Annotated[Path, typer.Option(help="Folder for the merged model.")],
+    checkpoint: CheckpointOption = None,
+) -> None:
+    """Fold the adapter into the base: a model directory plain transformers loads."""
+    from tunelab.use.merge import merge_run
+
+    quiet_libraries()
+    summary = merge_run(run, output, checkpoint)
+    console.print(
+        f"merged into {summary['output']}: logits match base + adapter within "
+        f"{summary['max_logit_difference']:.1e}; chat template round trip checked"
+    )
+
+
+@app.command()
+def baseline(
+    target: Annotated[Path, typer.Argument(help="A run directory or a config file.")],
+) -> None:
+    """TF-IDF + logistic regression on the same rows: the bar a label-task LLM must clear."""
+    from tunelab.use.evaluate import run_baseline
+
+    run_baseline(target, console)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the starter files in.")],
+) -> None:
+    """Write a commented starter config.yaml and a tiny sample data file."""
+    from tunelab.starter import write_starter
+
+    for path in write_starter(directory):
+        console.print(f"wrote {path}")
+    console.print(f"next: tunelab train {directory / 'config.yaml'}")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="The run's YAML config.")],
+    train_fraction: Annotated[
+        str, typer.Option(help="Leading shares of the training rows, comma-separated.")
+    ] = "0.25,0.5,1.0",
+    overrides: SetOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier runs of the sweep.")] = False,
+) -> None:
+    """Train and evaluate CONFIG on growing prefixes of its data; plot metric vs samples."""
+    from tunelab.sweep import parse_fractions, run_sweep
+
+    quiet_libraries()
+    try:
+        fractions = parse_fractions(train_fraction)
+    except ValueError as error:
+        raise TunelabError(str(error)) from None
+    run_sweep(config, fractions, overrides or [], overwrite, console)

@@ -1,0 +1,1 @@
+"""task classify: text tables -> a class head with LoRA."""

@@ -1,0 +1,1 @@
+"""task sft: instruction chats -> a LoRA causal LM."""

@@ -1,0 +1,2 @@
+"""Training: one composition (run.py), the loop and its session, checkpoints, several
+processes, stop signals."""

@@ -1,0 +1,97 @@
+"""The end of a run: the adapter saved with its tokenizer, the final evaluation beside the
+base model and the classic baseline, results.json."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from tunelab.report import write_eval
+from tunelab.run_dir import write_json
+from tunelab.scoring import EvalResult
+from tunelab.train.launch import main_alone
+from tunelab.train.loop import eval_loss, keep_if_best
+from tunelab.train.session import Session, log_metrics
+
+
+@dataclass
+class TrainResult:
+    """What a finished run achieved, as printed at the end and saved in results.json."""
+
+    run_dir: str
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    tokens_per_s: float
+    metric: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    is_main: bool = True
+    evaluations: list[Any] = field(default_factory=list, repr=False)
+
+
+def finish(
+    session: Session,
+    tokenizer: Any,
+    steps: int,
+    base: EvalResult | None,
+    baseline: Callable[[], Any] | None = None,
+) -> TrainResult:
+    """Save the adapter (with tokenizer and chat template), then measure the result with the
+    session's scorer (its scoring of the last step, if there was one, is the result)."""
+    run, accelerator = session.run, session.accelerator
+    history = run.read_metrics()
+    losses = [r["loss"] for r in history if "loss" in r]
+    result = TrainResult(
+        str(run.root),
+        steps,
+        losses[-1] if losses else None,
+        None,
+        session.display.tokens_per_second,
+        best=session.best or None,
+    )
+    if not accelerator.is_main_process:
+        result.is_main = False
+        return result
+    with main_alone(accelerator.device):
+        session.model.save_pretrained(run.adapter)
+        tuned = final_evaluation(session, steps)
+        result.best = session.best or None
+        for folder in (run.adapter, run.best):
+            if folder.exists():
+                tokenizer.save_pretrained(folder)
+                if run.labels.exists():
+                    shutil.copy(run.labels, folder / "labels.json")
+        if session.val_samples:
+            # a class head's evaluation gives the loss from its own passes over the rows
+            known = tuned.loss if tuned is not None else None
+            result.eval_loss = known if known is not None else eval_loss(session)
+            if known is None or session.scored_at(steps) is None:  # else logged with the score
+                log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
+        if tuned is not None:
+            write_eval(run.eval_dir("final"), tuned, run.read_metrics())
+            classic = baseline() if baseline is not None else None
+            if classic is not None:
+                write_eval(run.eval_dir("baseline"), classic)
+            result.evaluations = [r for r in (base, tuned, classic) if r is not None]
+            result.metric = tuned.metric
+            result.scores = {r.name: r.score for r in result.evaluations}
+        saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
+        write_json(run.results, saved)
+        return result
+
+
+def final_evaluation(session: Session, steps: int) -> EvalResult | None:
+    """The scorer's result for the trained model: the last step's scoring if it was scored,
+    else a new one, kept in best/ when it beats every scored step."""
+    if session.scorer is None or not session.val_samples:
+        return None
+    scored = session.scored_at(steps)
+    if scored is not None:
+        return replace(scored, name="fine-tuned")
+    tuned = session.scorer(session.model, "fine-tuned")
+    if session.best:
+        keep_if_best(session, steps, tuned.score)
+    return tuned

@@ -1,0 +1,270 @@
+"""The optimisation loop: packed forward passes, token-normalised accumulation, exact resume.
+
+``run_loop`` takes the steps; after each one it logs, evaluates when asked (keeping the
+best adapter and stopping early on a plateau) and checkpoints. It knows nothing of how a
+run was assembled (see run.py) or how answers are scored (it is handed a scorer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.data.batching import micro_batches
+from tunelab.errors import Interrupted, TunelabError
+from tunelab.run_dir import atomic_directory
+from tunelab.train.checkpoint import (
+    TrainingState,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from tunelab.train.launch import main_alone
+from tunelab.train.session import Session, log_metrics
+from tunelab.train.stop import StopSignals, stop_signals
+
+
+def run_loop(session: Session, start_step: int) -> int:
+    """Train from ``start_step`` to the planned end; returns the last completed step.
+
+    Ctrl-C or SIGTERM saves a checkpoint of the last completed step and raises
+    ``Interrupted``: once the running step is done, or at once for a second Ctrl-C
+    (``tunelab.train.stop``).
+    """
+    plan = session.plan
+    stream = micro_batch_stream(session, start_step * plan.grad_accum)
+    step = start_step
+    interrupted = False
+    stops = StopSignals()
+    session.display.start(step)
+    try:
+        with stop_signals(announce=session.accelerator.is_main_process) as stops:
+            while step < plan.total_steps:
+                session.rng_at_step_start = capture_rng()
+                if interrupted:
+                    raise KeyboardInterrupt
+                micro = [next(stream) for _ in range(plan.grad_accum)]
+                record = train_step(session, micro, stops)
+                step += 1
+                finished_early, interrupted = after_step(session, step, record, stops.requested)
+                if finished_early:
+                    break
+    except KeyboardInterrupt:
+        path = save(session, step, session.rng_at_step_start or capture_rng())
+        raise Interrupted(
+            f"interrupted after step {step}; checkpoint saved in {path}. "
+            "Continue with the same command and --resume.",
+            stops.signal_number,
+        ) from None
+    finally:
+        session.display.stop()
+    return step
+
+
+def train_step(
+    session: Session, micro: list[list[Any]], stops: StopSignals | None = None
+) -> dict[str, float]:
+    """One optimizer step over the samples of ``grad_accum`` micro-batches.
+
+    Each process takes its share of the step's samples; they go through the model in as
+    few forward passes as ``train.forward_tokens`` allows. Each pass's summed loss is
+    divided by the loss terms of the whole step over all processes, so the gradient is the
+    mean over every term of the step, however the samples fall into passes and processes.
+    """
+    accelerator = session.accelerator
+    started = time.perf_counter()
+    everyone = [sample for batch in micro for sample in batch]
+    samples = _shard(everyone, accelerator)
+    # more processes than samples: a zero-weight pass keeps this process in the gradient sync
+    ghost = not samples
+    batches = [batch.to(accelerator.device) for batch in session.forward(samples or everyone[:1])]
+    local = torch.tensor(
+        [0.0 if ghost else sum(b.targets for b in batches)], device=accelerator.device
+    )
+    step_targets = max(accelerator.reduce(local, reduction="sum").item(), 1.0)
+    weight = 0.0 if ghost else accelerator.num_processes / step_targets
+    loss_sum = 0.0
+    for index, batch in enumerate(batches):
+        last = index == len(batches) - 1
+        with accelerator.no_sync(session.loss_module) if not last else nullcontext():
+            summed, _ = session.loss_module(batch)
+            accelerator.backward(summed * weight)
+        loss_sum += 0.0 if ghost else summed.item()
+    grad_norm = _clip(session)
+    with stops.update() if stops else nullcontext():
+        session.optimizer.step()
+        session.scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    real = 0 if ghost else sum(b.real_tokens for b in batches)
+    padded = 0 if ghost else sum(b.padded_tokens for b in batches)
+    totals = torch.tensor([loss_sum, real, padded], dtype=torch.float64, device=accelerator.device)
+    loss_sum, real, padded = accelerator.reduce(totals, reduction="sum").tolist()
+    return {
+        "loss": loss_sum / step_targets,
+        "grad_norm": grad_norm,
+        "lr": session.scheduler.get_last_lr()[0],
+        "tokens_per_s": real / seconds,
+        "padded_tokens_per_s": padded / seconds,
+        "real_tokens": int(real),
+        "padded_tokens": int(padded),
+        "seconds": seconds,
+        "processes": accelerator.num_processes,
+    }
+
+
+def after_step(
+    session: Session, step: int, record: dict[str, float], stop_requested: bool = False
+) -> tuple[bool, bool]:
+    """Log, evaluate and checkpoint as the config asks.
+
+    Returns (finished early, interrupted), agreed by every process: each one stops after
+    the same step, whichever of them a signal or the plateau reached.
+    """
+    cfg = session.config.train
+    session.display.update(step, record)
+    plateau = False
+    if session.accelerator.is_main_process:
+        if step % cfg.log_every == 0 or step == session.plan.total_steps:
+            epoch = session.plan.epoch_at(step)
+            log_metrics(session, {"step": step, "epoch": epoch, **_rounded(record)})
+        with main_alone(session.accelerator.device):
+            every = session.config.eval.select.every
+            loss_logged = False
+            if session.scorer is not None and every and step % every == 0:
+                plateau, loss_logged = score_and_keep_best(session, step)
+            due = cfg.val_loss_every and step % cfg.val_loss_every == 0
+            if due and step < session.plan.total_steps and not loss_logged:
+                log_metrics(session, {"step": step, "eval_loss": eval_loss(session)})
+    flags = torch.tensor([plateau, stop_requested], dtype=torch.float32)
+    agreed = session.accelerator.reduce(flags.to(session.accelerator.device), reduction="sum")
+    plateau, interrupted = (bool(flag) for flag in agreed.tolist())
+    # an interrupted run saves on its way out
+    if cfg.save_every and not interrupted and (step % cfg.save_every == 0 or plateau):
+        save(session, step, capture_rng())
+    return plateau, interrupted
+
+
+def score_and_keep_best(session: Session, step: int) -> tuple[bool, bool]:
+    """Score the model now and copy it to best/ when it improved.
+
+    Returns (whether `eval.patience` evaluations in a row brought no improvement, whether
+    the scoring gave the eval loss too, now logged).
+    """
+    cfg = session.config.eval
+    result = session.scorer(session.model, f"step-{step}")
+    session.last_scored = (step, result)
+    score, loss = result.score, result.loss
+    record = {"step": step, f"eval_{cfg.metric}": score}
+    if loss is not None:
+        record["eval_loss"] = loss
+    log_metrics(session, record)
+    if not keep_if_best(session, step, score):
+        session.best["stale"] += 1
+    patience = cfg.select.patience
+    return bool(patience and session.best["stale"] >= patience), loss is not None
+
+
+def keep_if_best(session: Session, step: int, score: float) -> bool:
+    """Copy the model to best/ if ``score`` beats the best so far (or is the first)."""
+    best, mode = session.best, session.config.eval.select.mode
+    improved = not best or (score > best["score"] if mode == "max" else score < best["score"])
+    if improved:
+        save_adapter_atomically(session.model, session.run.best)
+        session.best = {"step": step, "score": score, "stale": 0}
+    return improved
+
+
+def save_adapter_atomically(model: Any, target: Path) -> None:
+    """Write an adapter into a temporary folder, then swap it in for ``target``."""
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging)
+
+
+def eval_loss(session: Session) -> float:
+    """Mean token loss on the validation samples (dropout off, no gradients)."""
+    module = session.accelerator.unwrap_model(session.loss_module)
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), session.accelerator.autocast():
+        for batch in session.forward(session.val_samples):
+            summed, n = module(batch.to(session.accelerator.device))
+            total, count = total + summed.item(), count + int(n.item())
+    module.train()
+    return round(total / max(count, 1), 6)
+
+
+def save(session: Session, step: int, rng: dict[str, Any]) -> Path:
+    """A checkpoint of the state after ``step`` completed steps, written by the main process
+    with every process's ``rng``; every process must call it."""
+    from accelerate.utils import gather_object
+
+    every_rng = gather_object([rng])
+    state = TrainingState(step, session.scheduler.state_dict(), every_rng, session.best or None)
+    path = session.run.checkpoint(step)
+    if session.accelerator.is_main_process:
+        path = save_checkpoint(
+            session.run,
+            session.model,
+            session.optimizer,
+            state,
+            session.config.train.keep_checkpoints,
+        )
+    session.accelerator.wait_for_everyone()
+    return path
+
+
+def restore_latest(session: Session) -> int:
+    """Load the newest checkpoint into the session; returns the step it was taken at."""
+    found = session.run.list_checkpoints()
+    if not found:
+        raise TunelabError(f"{session.run.checkpoints}: no checkpoint to resume from")
+    state = load_checkpoint(found[-1], session.model, session.optimizer)
+    session.scheduler.load_state_dict(state.scheduler)
+    rank, processes = session.accelerator.process_index, session.accelerator.num_processes
+    if len(state.rng) != processes and session.accelerator.is_main_process:
+        session.display.console.print(
+            f"[yellow]{found[-1].name} was saved by {len(state.rng)} process(es) and this run "
+            f"has {processes}: samples fall to other processes, so the run goes on but does "
+            "not repeat an uninterrupted one exactly[/yellow]"
+        )
+    restore_rng(state.rng[rank % len(state.rng)])
+    session.best = state.best or {}
+    return state.step
+
+
+def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Any]]:
+    """Micro-batches across epochs, each epoch in its seeded order, after the first ``skip``."""
+    plan, cfg = session.plan, session.config.train
+    epoch, skip = divmod(skip, plan.micro_per_epoch)
+    while True:
+        for index, micro in enumerate(
+            micro_batches(session.train_samples, cfg.batch_size, cfg.seed, epoch, cfg.shuffle)
+        ):
+            if index >= skip:
+                yield micro
+        skip, epoch = 0, epoch + 1
+
+
+def _shard(micro: list[Any], accelerator: Any) -> list[Any]:
+    """This process's share of a micro-batch (all of it when there is one process)."""
+    if accelerator.num_processes == 1:
+        return micro
+    return micro[accelerator.process_index :: accelerator.num_processes]
+
+
+def _clip(session: Session) -> float:
+    max_norm = session.config.train.max_grad_norm
+    params = [p for p in session.loss_module.parameters() if p.requires_grad]
+    norm = session.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    return float(norm)
+
+
+def _rounded(record: dict[str, float]) -> dict[str, float]:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}

@@ -1,0 +1,1 @@
+"""Using a finished run: open it, then generate, classify, evaluate, predict, chat."""
