@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.config_keys import RenamedKeyWarning, move_renamed_keys, nearest_key
 from tunelab.errors import TunelabError
+from tunelab.run_dir import default_name, folder_name_problem
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# a number from YAML (`1e-4` included, which YAML reads as text), never true/false
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
 
 
 class Section(BaseModel):
-    """A config group: unknown keys are errors, values are validated on assignment too."""
+    """A config group: unknown keys are errors, values are validated on assignment too.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Types are strict where it matters: `true` is not the number 1 nor `"yes"` a boolean
+    (``trust_remote_code`` is a security switch), and no number may be infinite or NaN.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -28,7 +54,9 @@ class ModelConfig(Section):
         "like `Qwen/Qwen3-0.6B`, or `modelscope:Qwen/Qwen3-0.6B`.",
     )
     revision: str | None = Field(None, description="Hub branch, tag or commit.")
-    trust_remote_code: bool = Field(False, description="Run model code shipped with the model.")
+    trust_remote_code: StrictBool = Field(
+        False, description="Run model code shipped with the model."
+    )
     cache_dir: Path | None = Field(
         None, description="Where converted GGUF models are kept (default: the user cache)."
     )
@@ -46,23 +74,25 @@ class DataConfig(Section):
         "auto", description="Row format; `auto` detects it per file."
     )
     sheet: str | None = Field(None, description="Excel sheet to read (default: the first).")
-    strict: bool = Field(False, description="Turn any rejected row into an error.")
-    max_length: int = Field(1024, ge=8, description="Longest encoded sample; longer ones are cut.")
-    val_fraction: float = Field(
+    strict: StrictBool = Field(False, description="Turn any rejected row into an error.")
+    max_length: StrictInt = Field(
+        1024, ge=8, description="Longest encoded sample; longer ones are cut."
+    )
+    val_fraction: Number = Field(
         0.1, gt=0, lt=1, description="Share of `train` held out when no `val` is given."
     )
-    val_max_rows: int | None = Field(
+    val_max_rows: StrictInt | None = Field(
         None, ge=1, description="Cap on the held-out rows taken from `train`."
     )
-    split_seed: int = Field(42, description="Seed of the train/val split.")
-    train_fraction: float = Field(
+    split_seed: StrictInt = Field(42, description="Seed of the train/val split.")
+    train_fraction: Number = Field(
         1.0,
         gt=0,
         le=1,
         description="Train on this leading share of the training rows, in file order (time-"
         "ordered data stays time-ordered); `tunelab sweep` varies it.",
     )
-    packing: bool = Field(True, description="Pack samples into rows without cross-attention.")
+    packing: StrictBool = Field(True, description="Pack samples into rows without cross-attention.")
     text_column: str = Field("text", description="task classify: the column holding the text.")
     label_column: str = Field("label", description="task classify: the column holding the label.")
     labels: list[str] = Field(
@@ -74,38 +104,45 @@ class DataConfig(Section):
     @field_validator("train", "val", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str | Path) else value
+        values = [value] if isinstance(value, str | Path) else value
+        if not isinstance(values, list):
+            return values
+        return [Path(v) if isinstance(v, str) else v for v in values]
 
 
 class LoraConfig(Section):
     """The LoRA adapter."""
 
-    r: int = Field(16, ge=1, description="Rank.")
-    alpha: float = Field(32, gt=0, description="Scale numerator (scale = alpha / r).")
-    dropout: float = Field(
+    r: StrictInt = Field(16, ge=1, description="Rank.")
+    alpha: Number = Field(32, gt=0, description="Scale numerator (scale = alpha / r).")
+    dropout: Number = Field(
         0.0, ge=0, lt=1, description="0 lets the adapter skip a second pass over its input."
     )
     target_modules: Literal["all-linear"] | list[str] = Field(
-        "all-linear", description="`all-linear` or module names such as [q_proj, v_proj]."
+        "all-linear",
+        min_length=1,
+        description="`all-linear` or module names such as [q_proj, v_proj].",
     )
 
 
 class TrainConfig(Section):
     """The optimisation loop."""
 
-    epochs: float = Field(1.0, gt=0, description="Passes over the training set.")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs`.")
-    batch_size: int = Field(8, ge=1, description="Samples per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    forward_tokens: int = Field(
+    epochs: Number = Field(1.0, gt=0, description="Passes over the training set.")
+    max_steps: StrictInt | None = Field(
+        None, ge=1, description="Optimizer steps; overrides `epochs`."
+    )
+    batch_size: StrictInt = Field(8, ge=1, description="Samples per micro-batch.")
+    grad_accum: StrictInt = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    forward_tokens: StrictInt = Field(
         768,
         ge=64,
         description="Most padded tokens in one forward pass. A step's batch_size x grad_accum "
         "samples go through the model in as few passes as fit; lower it if memory runs out. "
         "The gradient is the same either way.",
     )
-    shuffle: bool = Field(True, description="Visit samples in a seeded order per epoch.")
-    class_weights: Literal["auto", "none"] | dict[str, float] = Field(
+    shuffle: StrictBool = Field(True, description="Visit samples in a seeded order per epoch.")
+    class_weights: Literal["auto", "none"] | dict[str, Number] = Field(
         "none",
         description="task classify: loss weight per class; `auto` = inverse frequency.",
     )
@@ -115,38 +152,44 @@ class TrainConfig(Section):
         "update is linear in the gradient, so two runs that differ only in rounding end "
         "equally close; it needs a higher learning rate than AdamW.",
     )
-    learning_rate: float = Field(
+    learning_rate: Number = Field(
         2e-4, gt=0, description="Peak learning rate (task classify defaults to 1e-3)."
     )
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of the adapter.")
+    weight_decay: Number = Field(0.0, ge=0, description="Decoupled weight decay of the adapter.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="The learning-rate curve after warmup."
     )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
-    seed: int = Field(42, description="Seed of weights, dropout and sample order.")
+    warmup_ratio: Number = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    max_grad_norm: Number | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
+    seed: StrictInt = Field(42, description="Seed of weights, dropout and sample order.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="`auto`: bf16 on GPUs that support it and on CPUs with native bf16 "
         "(AVX-512 BF16 / AMX; frozen matmuls only), fp32 otherwise.",
     )
-    gradient_checkpointing: bool | int = Field(
+    gradient_checkpointing: StrictBool | StrictInt = Field(
         False,
         description="Recompute activations in backward: less memory, slower steps. `true` "
         "recomputes every decoder layer; N recomputes every N-th and keeps the others' "
         "activations, for a step between the two.",
     )
-    compile: bool = Field(
+    compile: StrictBool = Field(
         False,
         description="torch.compile the loss module. Off by default: compiling costs minutes "
         "on a small CPU; measure it on your machine with `python -m bench.options` first.",
     )
-    log_every: int = Field(1, ge=1, description="Steps between lines in metrics.jsonl.")
-    val_loss_every: int | None = Field(
+    log_every: StrictInt = Field(1, ge=1, description="Steps between lines in metrics.jsonl.")
+    val_loss_every: StrictInt | None = Field(
         None, ge=1, description="Steps between passes that compute the validation loss."
     )
-    save_every: int | None = Field(50, ge=1, description="Steps between checkpoints.")
-    keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep.")
+    save_every: StrictInt | None = Field(50, ge=1, description="Steps between checkpoints.")
+    max_nonfinite_steps: StrictInt = Field(
+        3,
+        ge=1,
+        description="Stop after this many steps in a row whose loss or gradient is not finite "
+        "(their updates are skipped; nothing non-finite is saved).",
+    )
+    keep_checkpoints: StrictInt = Field(2, ge=1, description="How many checkpoints to keep.")
 
     @field_validator("gradient_checkpointing")
     @classmethod
@@ -178,6 +221,28 @@ class AnswerFormatConfig(Section):
             raise ValueError("give only one of choices, regex, json_schema")
         return self
 
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a regular expression: {error}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _is_a_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as error:
+                raise ValueError(f"not a JSON schema: {error.message}") from None
+        return value
+
 
 class TaskEval(AnswerFormatConfig):
     """How the rows of one task (multi-task data) are scored."""
@@ -190,14 +255,16 @@ class TaskEval(AnswerFormatConfig):
 class GenerationConfig(Section):
     """How answers are generated to be scored (and by `predict` and `chat`)."""
 
-    max_new_tokens: int = Field(64, ge=1, description="Longest answer, in tokens.")
-    batch_size: int = Field(16, ge=1, description="Prompts generated for at once.")
-    temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (with a temperature).")
-    seed: int | None = Field(None, description="Seed for sampling.")
+    max_new_tokens: StrictInt = Field(64, ge=1, description="Longest answer, in tokens.")
+    batch_size: StrictInt = Field(16, ge=1, description="Prompts generated for at once.")
+    temperature: Number = Field(0.0, ge=0, description="0 decodes greedily.")
+    top_p: Number = Field(1.0, gt=0, le=1, description="Nucleus sampling (with a temperature).")
+    seed: StrictInt | None = Field(None, description="Seed for sampling.")
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
-    thinking: bool = Field(False, description="Let Qwen3-style models think before answering.")
-    constrain: bool = Field(
+    thinking: StrictBool = Field(
+        False, description="Let Qwen3-style models think before answering."
+    )
+    constrain: StrictBool = Field(
         False, description="Decode within the answer format (xgrammar): no invalid outputs."
     )
 
@@ -215,19 +282,19 @@ class ScoringConfig(AnswerFormatConfig):
         default_factory=dict, description="Per-task metrics and formats for multi-task data."
     )
     task_field: str = Field("task", description="The column that names a row's task.")
-    lowercase: bool = Field(True, description="exact_match ignores case.")
-    strip_punctuation: bool = Field(False, description="exact_match ignores punctuation.")
+    lowercase: StrictBool = Field(True, description="exact_match ignores case.")
+    strip_punctuation: StrictBool = Field(False, description="exact_match ignores punctuation.")
 
 
 class SelectConfig(Section):
     """Choosing the best checkpoint while training: score every N steps, keep the best in
     best/, stop when scores stop improving."""
 
-    every: int | None = Field(
+    every: StrictInt | None = Field(
         None, ge=1, description="Score the model every N training steps; the best goes to best/."
     )
     mode: Literal["max", "min"] = Field("max", description="Whether a higher metric is better.")
-    patience: int | None = Field(
+    patience: StrictInt | None = Field(
         None, ge=1, description="Stop training after this many scorings without improvement."
     )
 
@@ -235,9 +302,11 @@ class SelectConfig(Section):
 class EvalConfig(Section):
     """Scoring on the val rows: after training, every `select.every` steps, `tunelab eval`."""
 
-    generate: bool = Field(True, description="task sft: generate answers and score them.")
-    max_rows: int | None = Field(200, ge=1, description="Rows of the split to score.")
-    compare_base: bool = Field(False, description="Also score the base model on the same rows.")
+    generate: StrictBool = Field(True, description="task sft: generate answers and score them.")
+    max_rows: StrictInt | None = Field(200, ge=1, description="Rows of the split to score.")
+    compare_base: StrictBool = Field(
+        False, description="Also score the base model on the same rows."
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
@@ -265,6 +334,14 @@ class RunConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str | None) -> str | None:
+        problem = None if value is None else folder_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("model", mode="before")
     @classmethod
@@ -311,7 +388,7 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     for override in overrides or []:
         _apply_override(raw, override)
     if path is not None:
-        raw.setdefault("name", path.stem)
+        raw.setdefault("name", default_name(path.stem))
         _anchor_data_paths(raw, path.parent)
     return validate_config(raw, source)
 
@@ -332,6 +409,19 @@ def validate_config(raw: dict[str, Any], source: str) -> RunConfig:
         ) from None
 
 
+def validate_options(section: type[Section], values: dict[str, Any]) -> Any:
+    """A config section from command-line options; errors name the options (``--max-length``)."""
+    try:
+        return section.model_validate(values)
+    except ValidationError as error:
+        lines = [
+            f"  --{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}"
+            f" (got {e.get('input')!r})"
+            for e in error.errors()
+        ]
+        raise TunelabError("invalid option(s):\n" + "\n".join(lines)) from None
+
+
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML, every default spelled out."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -341,9 +431,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TunelabError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise TunelabError(f"{path}: not valid YAML: {error}") from None
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except ValueError as error:
+        raise TunelabError(f"{path}: {error}") from None
     if not isinstance(raw, dict):
         raise TunelabError(f"{path}: expected a mapping of keys at the top level")
     return raw
@@ -362,7 +454,20 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise TunelabError(f"--set {key}: {part!r} is not a group of keys")
         node = child
-    node[leaf] = yaml.safe_load(text) if text.strip() else None
+    try:
+        node[leaf] = parse_yaml(text) if text.strip() else None
+    except ValueError as error:
+        raise TunelabError(f"--set {key}: {error}") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML's plain data (no tags that build objects); any failure is a ValueError."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML: {error}") from None
+    except RecursionError:
+        raise ValueError("not valid YAML: nested too deeply") from None
 
 
 def _anchor_data_paths(raw: dict[str, Any], base: Path) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +17,35 @@ from typing import Any
 from tunelab.errors import TunelabError
 
 CHECKPOINT_PREFIX = "step-"
+# one folder name: letters (any script), digits, '.', '-', '_'; not starting with '.' or '-'
+FOLDER_NAME = re.compile(r"\w[\w.\-]*")
+MAX_NAME = 100
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run or an evaluation folder, or None.
+
+    >>> folder_name_problem("sentiment-v2") is None
+    True
+    >>> folder_name_problem("../x")
+    "'../x' is not one folder name: use letters, digits, '.', '-' and '_' (no '/', no '..')"
+    """
+    if len(name) <= MAX_NAME and FOLDER_NAME.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"{name!r} is not one folder name: use letters, digits, '.', '-' and '_' (no '/', no '..')"
+    )
+
+
+def default_name(stem: str) -> str:
+    """A run name from a config file's stem: characters a name cannot hold become '-'.
+
+    >>> default_name("my config (v2)")
+    'my-config-v2'
+    """
+    cleaned = re.sub(r"[^\w.\-]+", "-", stem).strip(".-")
+    cleaned = re.sub(r"\.\.+", ".", cleaned)
+    return cleaned[:MAX_NAME] or "run"
 
 
 @dataclass(frozen=True)
@@ -119,27 +151,81 @@ class RunDir:
         return json.loads(self.record.read_text(encoding="utf-8"))
 
     def eval_dir(self, name: str) -> Path:
-        """Where one evaluation's metrics and predictions go."""
+        """Where one evaluation's metrics and predictions go (``name``: one folder name)."""
+        problem = folder_name_problem(name)
+        if problem:
+            raise TunelabError(f"--name: {problem}")
         return self.root / "eval" / name
 
+    def is_run(self) -> bool:
+        """Whether the directory is a tunelab run: it carries run.json (or, from before
+        run.json, a config.yaml beside checkpoints or metrics)."""
+        legacy = self.config.is_file() and (self.checkpoints.is_dir() or self.metrics.is_file())
+        return self.record.is_file() or legacy
+
+    def has_trained(self) -> bool:
+        """Whether the run completed a step that was saved (a checkpoint or the adapter)."""
+        return bool(self.list_checkpoints()) or self.adapter.is_dir()
+
     def start(self, resume: bool, overwrite: bool) -> None:
-        """Create the directory; refuse to mix a new run into an old one by accident."""
-        if self.root.exists() and not resume:
-            if overwrite:
-                shutil.rmtree(self.root)
-            elif self.checkpoints.exists() or self.adapter.exists():
+        """Make the directory ready; never mix a new run into an old one, never delete what
+        is not a tunelab run.
+
+        An existing run that saved a step needs --resume (continue) or --overwrite (delete
+        it and start again); one that never saved a step starts again without ceremony.
+        Unfinished saves of an earlier, killed process are removed.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise TunelabError(f"{self.root}: exists and is not a directory")
+        if self.root.is_dir() and any(self.root.iterdir()):
+            if not self.is_run():
+                raise TunelabError(
+                    f"{self.root} holds files and is not a tunelab run (no run.json): "
+                    "nothing there is touched; choose another name or output_dir"
+                )
+            self.remove_unfinished_saves()
+            keep = self.has_trained() and not overwrite
+            if keep and not resume:
                 raise TunelabError(
                     f"{self.root} already holds a run; add --resume to continue it, "
                     "--overwrite to start again, or --set name=NEW for a new run"
                 )
-        if resume and not self.checkpoints.exists():
-            raise TunelabError(f"{self.root}: nothing to resume (no checkpoints/ directory)")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+            if not keep:
+                shutil.rmtree(self.root)
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TunelabError(f"{self.root}: cannot create the run directory: {error}") from None
+        if not self.record.is_file():
+            write_json(self.record, {"tunelab": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def remove_unfinished_saves(self) -> list[str]:
+        """Delete the staging folders a killed save left behind; returns their names."""
+        found = []
+        for folder in (self.root, self.checkpoints):
+            if folder.is_dir():
+                found += [p for p in folder.iterdir() if p.is_dir() and _unfinished(p.name)]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True)
+        return [p.name for p in found]
+
+    def update_record(self, **values: Any) -> None:
+        """Add keys to run.json."""
+        write_json(self.record, {**self.read_record(), **values})
+
+    def truncate_metrics(self, step: int) -> int:
+        """Drop the lines logged after ``step`` (a resumed run repeats them); returns how many."""
+        records = self.read_metrics()
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) < len(records):
+            text = "".join(_json_line(r) for r in kept)
+            self.metrics.write_text(text, encoding="utf-8")
+        return len(records) - len(kept)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Add one line to metrics.jsonl."""
+        """Add one line to metrics.jsonl (a non-finite number is written as null)."""
         with self.metrics.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(_json_line(record))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every line of metrics.jsonl."""
@@ -150,9 +236,35 @@ class RunDir:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Pretty JSON, UTF-8, Chinese left readable."""
+    """Pretty JSON, UTF-8, Chinese left readable; NaN and infinities become null (JSON has
+    no such numbers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(finite_json(value), ensure_ascii=False, indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None.
+
+    >>> finite_json({"loss": float("nan"), "steps": [1.5, float("inf")]})
+    {'loss': None, 'steps': [1.5, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(finite_json(record), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _unfinished(name: str) -> bool:
+    """A staging or retired folder of ``atomic_directory`` (or of releases before it)."""
+    return name.startswith(".") and (".partial-" in name or ".old-" in name)
 
 
 @contextmanager
@@ -167,6 +279,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     staging.mkdir(parents=True)
     try:
         yield staging
+        _sync_tree(staging)  # the files' bytes are on disk before the rename makes them live
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -174,4 +287,19 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     if target.exists():
         os.replace(target, retired)
     os.replace(staging, target)
+    _sync(target.parent)  # and the rename itself
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _sync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        _sync(path)
+    _sync(folder)
+
+
+def _sync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

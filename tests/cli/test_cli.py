@@ -105,3 +105,9 @@ def test_data_check_reports_counts_lengths_and_writes_rejects(
     reasons = [r["reason"] for r in written]
     assert reasons[0].startswith("malformed JSON") and written[0]["line"] == 9
     assert any("no assistant tokens left after truncation to max_length=12" in r for r in reasons)
+
+
+def test_nproc_must_be_at_least_one(tmp_path: Path) -> None:
+    done = tunelab("train", str(tmp_path / "c.yaml"), "--nproc", "0")
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
+    assert "--nproc" in done.stdout + done.stderr

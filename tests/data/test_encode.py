@@ -89,3 +89,31 @@ def test_truncation_keeps_what_fits_and_rejects_when_nothing_is_left(smollm_toke
         match=r"no assistant tokens left after truncation to max_length=20 \(the sample has \d+",
     ):
         encode_chat(smollm_tokenizer, chat, max_length=20)
+
+
+@pytest.mark.parametrize("tokenizer_name", ["qwen3_tok", "smollm_tokenizer"])
+def test_a_long_conversation_renders_in_linear_work(tokenizer_name, request) -> None:
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    pairs = 300
+    chat = [{"role": "system", "content": "你是助手"}]
+    for i in range(pairs):
+        chat += [
+            {"role": "user", "content": f"问题 {i}"},
+            {"role": "assistant", "content": f"回答 {i}"},
+        ]
+    rendered: list[int] = []
+    original = tokenizer.apply_chat_template
+
+    def counted(messages, *args, **kwargs):
+        rendered.append(len(messages))
+        return original(messages, *args, **kwargs)
+
+    tokenizer.apply_chat_template = counted
+    try:
+        encoded = encode_chat(tokenizer, chat, max_length=100_000)
+    finally:
+        del tokenizer.apply_chat_template
+    # every reply is learned, and no render covers the whole history once per reply
+    runs = [tokenizer.decode(run) for run in learned_runs(encoded)]
+    assert runs == [f"回答 {i}<|im_end|>" for i in range(pairs)]
+    assert sum(rendered) <= len(chat) + 8 * pairs  # the old prefix rendering: ~pairs^2

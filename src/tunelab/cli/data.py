@@ -26,7 +26,7 @@ def data_check(
     ] = None,
 ) -> None:
     """Validate data files and report counts, rejects and token lengths, without training."""
-    from tunelab.config import DataConfig, ModelConfig
+    from tunelab.config import DataConfig, ModelConfig, validate_options
     from tunelab.data.prepare import load_examples, write_rejects
     from tunelab.models.load import load_tokenizer
     from tunelab.models.resolve import resolve_model
@@ -34,7 +34,8 @@ def data_check(
     from tunelab.tasks.sft.data import encode_examples, split_summary
 
     quiet_libraries()
-    data = DataConfig(train=files, format=format, sheet=sheet, max_length=max_length)
+    options = {"train": files, "format": format, "sheet": sheet, "max_length": max_length}
+    data = validate_options(DataConfig, options)
     loaded = load_examples(data.train, data.format, data.sheet)
     tokenizer = load_tokenizer(resolve_model(ModelConfig(name=model)))
     encoded = encode_examples(tokenizer, loaded.examples, max_length)

@@ -37,7 +37,8 @@ def train(
         bool, typer.Option(help="Delete an existing run of the same name.")
     ] = False,
     nproc: Annotated[
-        int, typer.Option(help="Data-parallel processes on this machine (accelerate launch).")
+        int,
+        typer.Option(min=1, help="Data-parallel processes on this machine (accelerate launch)."),
     ] = 1,
 ) -> None:
     """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""

@@ -85,12 +85,7 @@ def encode_chat(tokenizer: Any, messages: list[Message], max_length: int) -> Enc
     spans = _assistant_spans(tokenizer, messages, text, thinking)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoding["input_ids"]
-    labels = [
-        token
-        if any(start < end_span and end > start_span for start_span, end_span in spans)
-        else IGNORE_INDEX
-        for token, (start, end) in zip(ids, encoding["offset_mapping"], strict=True)
-    ]
+    labels = _labels_in_spans(ids, encoding["offset_mapping"], spans)
     encoded = Encoded(ids[:max_length], labels[:max_length], full_length=len(ids))
     if encoded.target_tokens == 0:
         raise EncodeError(
@@ -107,20 +102,22 @@ def _assistant_spans(
     """Character spans of each assistant reply (with its end-of-turn marker) in ``text``.
 
     A reply's rendering is what the template adds after the generation prompt; we look for
-    it after the previous message's content, so text inside user turns is never taken.
+    it after the previous message's content, so text inside user turns is never taken. The
+    template renders the reply with the system messages and the question it answers (not the
+    whole history before it, which would make a long conversation quadratic).
     """
     spans = []
     cursor = 0
+    system = [m for m in messages if m["role"] == "system"]
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             found = text.find(message["content"].strip(), cursor)
             cursor = found + len(message["content"].strip()) if found >= 0 else cursor
             continue
-        prompt = render_chat(
-            tokenizer, messages[:index], add_generation_prompt=True, thinking=thinking
-        )
+        window = [*system, *messages[max(index - 1, len(system)) : index]]
+        prompt = render_chat(tokenizer, window, add_generation_prompt=True, thinking=thinking)
         turn = render_chat(
-            tokenizer, messages[: index + 1], add_generation_prompt=False, thinking=thinking
+            tokenizer, [*window, message], add_generation_prompt=False, thinking=thinking
         )
         if not turn.startswith(prompt):
             raise EncodeError("the chat template renders a reply that does not follow its prompt")
@@ -131,3 +128,16 @@ def _assistant_spans(
         spans.append((start, start + len(reply)))
         cursor = start + len(reply)
     return spans
+
+
+def _labels_in_spans(
+    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
+    """Each token's id where its characters overlap a span (spans in order), else -100."""
+    labels, current = [], 0
+    for token, (start, end) in zip(ids, offsets, strict=True):
+        while current < len(spans) and spans[current][1] <= start:
+            current += 1
+        inside = current < len(spans) and start < spans[current][1] and end > spans[current][0]
+        labels.append(token if inside else IGNORE_INDEX)
+    return labels

@@ -90,7 +90,10 @@ def alpaca_prompt(row: dict[str, Any]) -> list[Message]:
     system = _optional_text(row, "system")
     if system:
         messages.append({"role": "system", "content": system})
-    for index, pair in enumerate(_parse_json_cell(row.get("history")) or []):
+    history = _parse_json_cell(row.get("history")) or []
+    if not isinstance(history, list | tuple):
+        raise RowError("history", "expected a list of [question, answer] pairs")
+    for index, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise RowError(f"history[{index}]", "expected a [question, answer] pair")
         question, reply = (str(part) for part in pair)
@@ -118,7 +121,7 @@ def from_sharegpt(row: dict[str, Any]) -> list[Message]:
         if not isinstance(turn, dict):
             raise RowError(where, "expected an object with 'from' and 'value'")
         speaker = turn.get("from")
-        if speaker not in SHAREGPT_ROLES:
+        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
             expected = "human, gpt, system"
             raise RowError(f"{where}.from", f"unknown role {speaker!r}; expected {expected}")
         if not isinstance(turn.get("value"), str):
@@ -139,7 +142,7 @@ def from_messages(row: dict[str, Any]) -> list[Message]:
         if not isinstance(turn, dict):
             raise RowError(where, "expected an object with 'role' and 'content'")
         role = turn.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise RowError(
                 f"{where}.role", f"unknown role {role!r}; expected {', '.join(CHAT_ROLES)}"
             )
@@ -186,6 +189,8 @@ def convert_row(row: RawRow, format_name: str) -> Example:
     """Apply one format's converter; raises RowError for a row that does not fit."""
     _, converter = FORMATS[format_name]
     messages = converter(row.data)
+    for index, message in enumerate(messages):
+        _check_unicode(message["content"], f"message {index + 1}")
     extra = {k: v for k, v in row.data.items() if k not in FORMAT_KEYS}
     return Example(messages=messages, source=row.source, extra=extra)
 
@@ -209,6 +214,17 @@ def _checked_chat(messages: list[Message], key: str) -> list[Message]:
         if message["role"] == "assistant" and not message["content"].strip():
             raise RowError(f"{key}[{index}]", "empty assistant reply")
     return messages
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """JSON can spell a lone surrogate (\\ud800) that no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start]
+        raise RowError(
+            where, f"not valid Unicode text (a lone surrogate U+{ord(bad):04X})"
+        ) from None
 
 
 def _turn_list(row: dict[str, Any], key: str) -> list[Any]:
@@ -303,4 +319,7 @@ def prompt_of(row: dict[str, Any], format_name: str) -> list[Message]:
 def _speaker(turn: Any) -> str | None:
     if not isinstance(turn, dict):
         return None
-    return SHAREGPT_ROLES.get(turn.get("from")) if "from" in turn else turn.get("role")
+    speaker = turn.get("from") if "from" in turn else turn.get("role")
+    if not isinstance(speaker, str):
+        return None
+    return SHAREGPT_ROLES.get(speaker) if "from" in turn else speaker

@@ -167,9 +167,13 @@ def length_stats(lengths: Sequence[int]) -> dict[str, float]:
 
 def write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
     """rejects.jsonl: one line per rejected row (the file exists, empty, when none were)."""
-    with path.open("w", encoding="utf-8") as handle:
-        for reject in rejects:
-            handle.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as handle:
+            for reject in rejects:
+                handle.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+    except OSError as error:
+        raise TunelabError(f"{path}: cannot write the rejected rows: {error.strerror}") from None
 
 
 def file_reports(loaded: LoadedSet) -> list[dict[str, Any]]:
@@ -179,6 +183,8 @@ def file_reports(loaded: LoadedSet) -> list[dict[str, Any]]:
 
 def _no_format_message(path: Path, first: dict[str, Any], read: Any) -> str:
     where = str(read.rows[0].source).rsplit(":", 1)[0] if read.rows else str(path)
+    if not read.rows and not read.rejects:
+        return f"{path}: no rows; expected a header or records"
     if not read.rows:
         return (
             f"{path}: no row could be read ({len(read.rejects)} rejected); first: {read.rejects[0]}"

@@ -12,6 +12,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
+CSV_CELL_LIMIT = 64 * 2**20  # the csv module's default of 128 KiB rejects long documents
+
 
 @dataclass(frozen=True)
 class Source:
@@ -103,8 +105,8 @@ def read_jsonl(path: Path) -> ReadResult:
                 continue
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError as error:
-                result.rejects.append(Reject(source, None, f"malformed JSON: {error.msg}"))
+            except (ValueError, RecursionError) as error:
+                result.rejects.append(Reject(source, None, f"malformed JSON: {_json_error(error)}"))
                 continue
             if not isinstance(value, dict):
                 kind = type(value).__name__
@@ -135,10 +137,9 @@ def read_json(path: Path) -> ReadResult:
         line = text.count("\n", 0, position) + 1
         try:
             value, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as error:
-            raise TunelabError(
-                f"{path}:{error.lineno}: malformed JSON: {error.msg} (column {error.colno})"
-            ) from None
+        except (ValueError, RecursionError) as error:
+            where = getattr(error, "lineno", line)
+            raise TunelabError(f"{path}:{where}: malformed JSON: {_json_error(error)}") from None
         source = Source(str(path), line=line)
         if isinstance(value, dict):
             result.rows.append(RawRow(value, source))
@@ -148,24 +149,43 @@ def read_json(path: Path) -> ReadResult:
         position = _skip_space(text, position)
         if position < len(text) and text[position] == ",":
             position = _skip_space(text, position + 1)
+    if position >= len(text):
+        raise TunelabError(f"{path}: the array is not closed with ']'; the file may be cut short")
+    rest = _skip_space(text, position + 1)
+    if rest < len(text):
+        line = text.count("\n", 0, rest) + 1
+        raise TunelabError(
+            f"{path}:{line}: more data after the array (only one top-level array is read); "
+            "join the arrays into one, or use a .jsonl file"
+        )
     return result
 
 
 def read_csv(path: Path) -> ReadResult:
     """A header row, then one row per record; numbers are physical line numbers."""
     text = _decode_whole(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise TunelabError(f"{path}: no header row; expected column names on the first line")
+    csv.field_size_limit(CSV_CELL_LIMIT)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     result = ReadResult()
-    start = 2
-    for record in reader:
-        source = Source(str(path), line=start)
+    try:
+        header = next(reader, None)
+        if not header or not any(cell.strip() for cell in header):
+            raise TunelabError(f"{path}: no header row; expected column names on the first line")
+        names = column_names(header)
         start = reader.line_num + 1
-        if None in record:
-            result.rejects.append(Reject(source, None, "more cells than header columns"))
-            continue
-        result.rows.append(RawRow(_drop_blank_cells(record), source))
+        for cells in reader:
+            source = Source(str(path), line=start)
+            start = reader.line_num + 1
+            if len(cells) > len(names):
+                result.rejects.append(Reject(source, None, "more cells than header columns"))
+            elif any(cells):
+                record = dict(zip(names, cells, strict=False))
+                result.rows.append(RawRow(_drop_blank_cells(record), source))
+    except csv.Error as error:
+        raise TunelabError(
+            f"{path}:{reader.line_num}: not valid CSV ({error}); an opening quote without its "
+            "closing quote swallows every row after it"
+        ) from None
     return result
 
 
@@ -184,16 +204,73 @@ def read_xlsx(path: Path, sheet: str | None = None) -> ReadResult:
     header = next(rows, None)
     if not header or all(cell is None for cell in header):
         raise TunelabError(f"{path}[{worksheet.title}]: the sheet is empty; expected a header row")
-    names = [str(cell).strip() if cell is not None else "" for cell in header]
+    names = column_names([str(cell) if cell is not None else "" for cell in header])
     result = ReadResult()
-    for number, values in enumerate(rows, start=2):
-        if all(value is None for value in values):
-            continue
-        record = {name: value for name, value in zip(names, values, strict=False) if name}
-        source = Source(str(path), row=number, sheet=worksheet.title)
-        result.rows.append(RawRow(_drop_blank_cells(record), source))
-    book.close()
+    formulas = _formula_rows(path, worksheet.title)
+    try:
+        for number, values in enumerate(rows, start=2):
+            formula = next(formulas, None)
+            if all(value is None for value in values) and not _has_formula(formula):
+                continue
+            source = Source(str(path), row=number, sheet=worksheet.title)
+            missing = _uncached_formula(names, values, formula)
+            if missing:
+                result.rejects.append(Reject(source, missing, UNCACHED_FORMULA))
+                continue
+            record = dict(zip(names, values, strict=False))
+            result.rows.append(RawRow(_drop_blank_cells(record), source))
+    except Exception as error:  # openpyxl and the XML parser raise many types for bad cells
+        raise TunelabError(f"{path}: cannot read the sheet {worksheet.title!r}: {error}") from None
+    finally:
+        book.close()
     return result
+
+
+UNCACHED_FORMULA = (
+    "a formula with no saved value; open and save the file in Excel or LibreOffice first"
+)
+
+
+def column_names(header: list[str]) -> list[str]:
+    """Header cells as unique, non-empty names: a blank one is `column N`, a repeated one
+    gets `.2`, `.3`, so no cell's value is dropped under it.
+
+    >>> column_names(["text", "", "text", " label "])
+    ['text', 'column 2', 'text.2', 'label']
+    """
+    names: list[str] = []
+    for index, cell in enumerate(header, start=1):
+        name = cell.strip() or f"column {index}"
+        base, count = name, 1
+        while name in names:
+            count += 1
+            name = f"{base}.{count}"
+        names.append(name)
+    return names
+
+
+def _formula_rows(path: Path, title: str) -> Any:
+    """The sheet's rows as written (formulas as text), after the header."""
+    import openpyxl
+
+    book = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    rows = book[title].iter_rows(values_only=True)
+    next(rows, None)
+    return rows
+
+
+def _has_formula(row: Any) -> bool:
+    return bool(row) and any(isinstance(v, str) and v.startswith("=") for v in row)
+
+
+def _uncached_formula(names: list[str], values: Any, formula: Any) -> str | None:
+    """The column of a formula cell whose value was never saved (openpyxl reads None)."""
+    if not formula:
+        return None
+    for name, value, written in zip(names, values, formula, strict=False):
+        if value is None and isinstance(written, str) and written.startswith("="):
+            return name
+    return None
 
 
 READERS: dict[str, Callable[..., ReadResult]] = {
@@ -219,6 +296,12 @@ def _decode_whole(path: Path) -> str:
         raise TunelabError(
             f"{path}:{line}: bytes that are not UTF-8 ({error.reason}).{hint}"
         ) from None
+
+
+def _json_error(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return getattr(error, "msg", None) or str(error).split(";")[0]
 
 
 def _skip_space(text: str, position: int) -> int:

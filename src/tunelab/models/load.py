@@ -102,7 +102,20 @@ def attach_lora(
         task_type=task_type,
         modules_to_save=modules_to_save,
     )
-    return get_peft_model(model, peft_config)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as error:
+        if "not found in the base model" not in str(error):
+            raise
+        linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if _is_linear(m)}
+        raise TunelabError(
+            f"lora.target_modules: {lora.target_modules} are not layers of this model; its "
+            f"linear layers are {sorted(linear)} (or use all-linear)"
+        ) from None
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
 def adapted_model(model: nn.Module) -> Any:

@@ -83,8 +83,16 @@ def convert_gguf(gguf_path: Path, root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=filename, dtype=torch.float32
+        )
+    except Exception as error:  # the GGUF reader fails in its own ways on a file it cannot read
+        raise TunelabError(
+            f"model {gguf_path}: not a GGUF model transformers can load ({_first_line(error)}); "
+            "give a Llama or Qwen GGUF file, or a model directory"
+        ) from None
     config = loaded.config
     del config.quantization_config
     config.name_or_path = gguf_path.stem

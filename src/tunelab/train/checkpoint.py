@@ -9,6 +9,7 @@ directory that is renamed into place, so a checkpoint is either whole or absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -21,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.run_dir import RunDir, atomic_directory
+
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -63,9 +66,48 @@ def save_checkpoint(
         model.save_pretrained(staging / "adapter")
         _save_optimizer(optimizer, staging)
         _save_state(state, staging)
+        write_manifest(staging)
     for old in run.list_checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json, written last: every other file's size and SHA-256."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _digest(p)} for p in files
+    }
+    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1), encoding="utf-8")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (a file missing, cut short or changed), or None.
+
+    A checkpoint without a manifest (from a release before manifests) is not checked here;
+    loading it is the check.
+    """
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None if (folder / "trainer_state.json").is_file() else "it is incomplete"
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"its {MANIFEST} is unreadable"
+    for name, expected in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} expected"
+        if _digest(path) != expected["sha256"]:
+            return f"{name} does not match its digest (changed after it was saved)"
+    return None
+
+
+def adapter_is_finite(model: Any) -> bool:
+    """Whether every trainable weight is a finite number."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> TrainingState:
@@ -155,3 +197,11 @@ def _rank_rng(tensors: dict[str, torch.Tensor], rank: int, saved: dict[str, Any]
     if cuda_keys:
         rng["cuda"] = [tensors[k] for k in cuda_keys]
     return rng
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,7 +3,6 @@ base model and the classic baseline, results.json."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -13,6 +12,7 @@ from tunelab.run_dir import write_json
 from tunelab.scoring import EvalResult
 from tunelab.train.launch import main_alone
 from tunelab.train.loop import eval_loss, keep_if_best
+from tunelab.train.saving import save_adapter
 from tunelab.train.session import Session, log_metrics
 
 
@@ -56,14 +56,9 @@ def finish(
         result.is_main = False
         return result
     with main_alone(accelerator.device):
-        session.model.save_pretrained(run.adapter)
+        save_adapter(session, run.adapter, tokenizer)
         tuned = final_evaluation(session, steps)
         result.best = session.best or None
-        for folder in (run.adapter, run.best):
-            if folder.exists():
-                tokenizer.save_pretrained(folder)
-                if run.labels.exists():
-                    shutil.copy(run.labels, folder / "labels.json")
         if session.val_samples:
             # a class head's evaluation gives the loss from its own passes over the rows
             known = tuned.loss if tuned is not None else None

@@ -7,25 +7,21 @@ run was assembled (see run.py) or how answers are scored (it is handed a scorer)
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.data.batching import micro_batches
-from tunelab.errors import Interrupted, TunelabError
-from tunelab.run_dir import atomic_directory
+from tunelab.errors import Interrupted
 from tunelab.train.checkpoint import (
-    TrainingState,
     capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
 )
 from tunelab.train.launch import main_alone
+from tunelab.train.saving import Diverged, save, save_adapter, what_to_try
 from tunelab.train.session import Session, log_metrics
 from tunelab.train.stop import StopSignals, stop_signals
 
@@ -97,8 +93,11 @@ def train_step(
             accelerator.backward(summed * weight)
         loss_sum += 0.0 if ghost else summed.item()
     grad_norm = _clip(session)
+    # the gradients are summed over every process, so every process decides alike
+    finite = math.isfinite(grad_norm)
     with stops.update() if stops else nullcontext():
-        session.optimizer.step()
+        if finite:
+            session.optimizer.step()
         session.scheduler.step()
         session.optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
@@ -116,6 +115,7 @@ def train_step(
         "padded_tokens": int(padded),
         "seconds": seconds,
         "processes": accelerator.num_processes,
+        **({} if finite else {"update_skipped": True}),
     }
 
 
@@ -130,10 +130,12 @@ def after_step(
     cfg = session.config.train
     session.display.update(step, record)
     plateau = False
+    logged = step % cfg.log_every == 0 or step == session.plan.total_steps
+    if session.accelerator.is_main_process and logged:
+        epoch = session.plan.epoch_at(step)
+        log_metrics(session, {"step": step, "epoch": epoch, **_rounded(record)})
+    watch_numbers(session, step, record)
     if session.accelerator.is_main_process:
-        if step % cfg.log_every == 0 or step == session.plan.total_steps:
-            epoch = session.plan.epoch_at(step)
-            log_metrics(session, {"step": step, "epoch": epoch, **_rounded(record)})
         with main_alone(session.accelerator.device):
             every = session.config.eval.select.every
             loss_logged = False
@@ -149,6 +151,32 @@ def after_step(
     if cfg.save_every and not interrupted and (step % cfg.save_every == 0 or plateau):
         save(session, step, capture_rng())
     return plateau, interrupted
+
+
+def watch_numbers(session: Session, step: int, record: dict[str, float]) -> None:
+    """Stop after ``train.max_nonfinite_steps`` steps in a row with a non-finite loss or
+    gradient (their updates were skipped); warn once when the gradient has been exactly zero
+    for three steps, the sign of a model collapsed to uniform outputs."""
+    if record.get("update_skipped") or not math.isfinite(record["loss"]):
+        session.nonfinite_steps += 1
+    else:
+        session.nonfinite_steps = 0
+    if session.nonfinite_steps >= session.config.train.max_nonfinite_steps:
+        first = step - session.nonfinite_steps + 1
+        found = session.run.list_checkpoints()
+        last = f"the last checkpoint, {found[-1].name}, is intact" if found else "none was saved"
+        raise Diverged(
+            f"training diverged: the loss or its gradient was not finite at steps {first}-{step}"
+            f" (their updates were skipped); {last}. {what_to_try(session)}"
+        )
+    session.zero_gradient_steps = session.zero_gradient_steps + 1 if record["grad_norm"] == 0 else 0
+    if session.zero_gradient_steps == 3 and session.accelerator.is_main_process:
+        session.display.console.print(
+            f"[yellow]warning: the gradient has been exactly zero for 3 steps (loss "
+            f"{record['loss']:.4f}): the model's outputs have likely collapsed to a uniform "
+            f"distribution (the loss of guessing uniformly is ln of the number of outputs). "
+            f"{what_to_try(session)}[/yellow]"
+        )
 
 
 def score_and_keep_best(session: Session, step: int) -> tuple[bool, bool]:
@@ -176,15 +204,9 @@ def keep_if_best(session: Session, step: int, score: float) -> bool:
     best, mode = session.best, session.config.eval.select.mode
     improved = not best or (score > best["score"] if mode == "max" else score < best["score"])
     if improved:
-        save_adapter_atomically(session.model, session.run.best)
+        save_adapter(session, session.run.best, session.tokenizer)
         session.best = {"step": step, "score": score, "stale": 0}
     return improved
-
-
-def save_adapter_atomically(model: Any, target: Path) -> None:
-    """Write an adapter into a temporary folder, then swap it in for ``target``."""
-    with atomic_directory(target) as staging:
-        model.save_pretrained(staging)
 
 
 def eval_loss(session: Session) -> float:
@@ -198,45 +220,6 @@ def eval_loss(session: Session) -> float:
             total, count = total + summed.item(), count + int(n.item())
     module.train()
     return round(total / max(count, 1), 6)
-
-
-def save(session: Session, step: int, rng: dict[str, Any]) -> Path:
-    """A checkpoint of the state after ``step`` completed steps, written by the main process
-    with every process's ``rng``; every process must call it."""
-    from accelerate.utils import gather_object
-
-    every_rng = gather_object([rng])
-    state = TrainingState(step, session.scheduler.state_dict(), every_rng, session.best or None)
-    path = session.run.checkpoint(step)
-    if session.accelerator.is_main_process:
-        path = save_checkpoint(
-            session.run,
-            session.model,
-            session.optimizer,
-            state,
-            session.config.train.keep_checkpoints,
-        )
-    session.accelerator.wait_for_everyone()
-    return path
-
-
-def restore_latest(session: Session) -> int:
-    """Load the newest checkpoint into the session; returns the step it was taken at."""
-    found = session.run.list_checkpoints()
-    if not found:
-        raise TunelabError(f"{session.run.checkpoints}: no checkpoint to resume from")
-    state = load_checkpoint(found[-1], session.model, session.optimizer)
-    session.scheduler.load_state_dict(state.scheduler)
-    rank, processes = session.accelerator.process_index, session.accelerator.num_processes
-    if len(state.rng) != processes and session.accelerator.is_main_process:
-        session.display.console.print(
-            f"[yellow]{found[-1].name} was saved by {len(state.rng)} process(es) and this run "
-            f"has {processes}: samples fall to other processes, so the run goes on but does "
-            "not repeat an uninterrupted one exactly[/yellow]"
-        )
-    restore_rng(state.rng[rank % len(state.rng)])
-    session.best = state.best or {}
-    return state.step
 
 
 def micro_batch_stream(session: Session, skip: int) -> Iterator[list[Any]]:

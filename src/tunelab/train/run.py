@@ -28,7 +28,8 @@ from tunelab.tasks.base import Task, TaskData
 from tunelab.tasks.registry import TASKS
 from tunelab.train.finish import TrainResult, finish
 from tunelab.train.launch import main_alone
-from tunelab.train.loop import restore_latest, run_loop
+from tunelab.train.loop import run_loop
+from tunelab.train.saving import restore_latest
 from tunelab.train.session import Session, build_accelerator, build_session
 
 
@@ -50,8 +51,9 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with LoRA; everything lands in the run dir."""
     built = build_run(config, resume, overwrite, console or Console())
-    start = restore_latest(built.session) if resume else 0
-    last = run_loop(built.session, start)
+    session = built.session
+    start = restore_latest(session) if resume and session.run.list_checkpoints() else 0
+    last = run_loop(session, start)
     return finish(built.session, built.tokenizer, last, built.base, built.baseline)
 
 
@@ -68,7 +70,9 @@ def build_run(
     accelerator = build_accelerator(precision)
     if accelerator.is_main_process:
         run.start(resume, overwrite)
-        write_json(run.record, {"precision": precision_record(config, precision)})
+        if resume and not run.list_checkpoints():
+            console.print(f"nothing to resume in {run.root}: starting from step 0")
+        run.update_record(precision=precision_record(config, precision))
     accelerator.wait_for_everyone()
     set_seed(config.train.seed)
     model_dir = resolve_model(config.model)
@@ -82,6 +86,7 @@ def build_run(
     loss = task.loss(model, config, data)
     samples = (data.train.samples, data.val.samples)
     session = build_session(config, run, accelerator, loss, samples, batcher, console)
+    session.tokenizer = tokenizer
     session.scorer = task.scorer(config, tokenizer, data, batcher, accelerator.autocast)
     base = None
     if config.eval.compare_base and task.has_base_model and accelerator.is_main_process:

@@ -61,6 +61,10 @@ class Session:
     scorer: Scorer | None = None
     best: dict[str, Any] = field(default_factory=dict)  # step, score, stale (evals since)
     last_scored: tuple[int, Any] | None = None  # (step, its EvalResult)
+    tokenizer: Any = None  # saved beside every adapter
+    resumed_from: int | None = None  # the checkpoint's step, when resumed
+    nonfinite_steps: int = 0  # steps in a row with a non-finite loss or gradient
+    zero_gradient_steps: int = 0  # steps in a row whose gradient was exactly zero
 
     def scored_at(self, step: int) -> Any:
         """The scorer's EvalResult of ``step``, if that was the last step scored; else None."""
@@ -147,7 +151,9 @@ def log_metrics(session: Session, record: dict[str, Any]) -> None:
     if session.writer is None:
         from torch.utils.tensorboard import SummaryWriter
 
-        session.writer = SummaryWriter(str(session.run.tensorboard))
+        # a resumed run drops the events it logged after its checkpoint
+        purge = None if session.resumed_from is None else session.resumed_from + 1
+        session.writer = SummaryWriter(str(session.run.tensorboard), purge_step=purge)
     for key, value in record.items():
         if key not in ("step", "epoch") and isinstance(value, int | float):
             session.writer.add_scalar(
