@@ -139,7 +139,10 @@ def read_json(path: Path) -> ReadResult:
             value, position = decoder.raw_decode(text, position)
         except (ValueError, RecursionError) as error:
             where = getattr(error, "lineno", line)
-            raise TunelabError(f"{path}:{where}: malformed JSON: {_json_error(error)}") from None
+            column = f" (column {error.colno})" if hasattr(error, "colno") else ""
+            raise TunelabError(
+                f"{path}:{where}: malformed JSON: {_json_error(error)}{column}"
+            ) from None
         source = Source(str(path), line=line)
         if isinstance(value, dict):
             result.rows.append(RawRow(value, source))
