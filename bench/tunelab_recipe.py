@@ -19,7 +19,7 @@ import time
 from rich.console import Console
 
 from bench.workload import WORK_DIR, load_workload
-from tunelab.config import validate_config
+from tunelab.config_file import validate_config
 from tunelab.train.launch import start_workers, wait_for_workers
 from tunelab.train.loop import run_loop
 from tunelab.train.run import build_run

@@ -69,7 +69,7 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
     """A finished run of the tiny Qwen3 on a two-label task (4 steps)."""
-    from tunelab.config import validate_config
+    from tunelab.config_file import validate_config
     from tunelab.train.run import train
 
     root = tmp_path_factory.mktemp("tiny-run")
@@ -104,7 +104,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def class_run(tmp_path_factory: pytest.TempPathFactory, qwen3_dir: Path) -> Path:
     """A finished class-head run of the tiny Qwen3 on two labels (4 steps)."""
-    from tunelab.config import validate_config
+    from tunelab.config_file import validate_config
     from tunelab.train.run import train
 
     root = tmp_path_factory.mktemp("class-run")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import dump_config, load_config, validate_config
+from tunelab.config_file import dump_config, load_config, validate_config
 from tunelab.errors import TunelabError
 
 
@@ -63,7 +63,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 
 def test_classify_gets_its_own_learning_rate_unless_one_is_given() -> None:
-    from tunelab.config import TASK_LEARNING_RATES, validate_config
+    from tunelab.config import TASK_LEARNING_RATES
+    from tunelab.config_file import validate_config
 
     head = validate_config({"task": "classify", "data": {"train": "t.csv"}}, "c")
     assert head.train.learning_rate == TASK_LEARNING_RATES["classify"] == 1e-3
@@ -72,10 +73,18 @@ def test_classify_gets_its_own_learning_rate_unless_one_is_given() -> None:
     assert validate_config({"data": {"train": "t.csv"}}, "c").train.learning_rate == 2e-4
 
 
-@pytest.mark.parametrize(("setting", "every"), [(False, 0), (True, 1), (3, 3), ("yes", 1)])
-def test_gradient_checkpointing_takes_a_switch_or_layers_apart(setting, every) -> None:
-    raw = {"data": {"train": "t.jsonl"}, "train": {"gradient_checkpointing": setting}}
-    assert validate_config(raw, "c").train.checkpoint_every == every
+@pytest.mark.parametrize(("setting", "every"), [("false", 0), ("true", 1), ("3", 3), ("yes", 1)])
+def test_gradient_checkpointing_takes_a_switch_or_layers_apart(
+    tmp_path: Path, setting: str, every: int
+) -> None:
+    text = f"data: {{train: t.jsonl}}\ntrain: {{gradient_checkpointing: {setting}}}\n"
+    assert load_config(write(tmp_path, text)).train.checkpoint_every == every  # YAML's yes is true
+
+
+def test_a_quoted_yes_is_text_not_a_switch() -> None:
+    raw = {"data": {"train": "t.jsonl"}, "train": {"gradient_checkpointing": "yes"}}
+    with pytest.raises(TunelabError, match="valid boolean"):
+        validate_config(raw, "c")
 
 
 def test_gradient_checkpointing_below_zero_is_refused() -> None:
@@ -129,11 +138,10 @@ def test_moved_keys_still_work_and_say_their_new_name(tmp_path: Path) -> None:
     )
     with pytest.warns(RenamedKeyWarning) as caught:
         config = load_config(write(tmp_path, old))
-    said = {str(w.message).split(": ", 1)[1] for w in caught}
-    assert (
-        "`eval.every` is now `eval.select.every`; the old key works until the next release" in said
-    )
-    assert len(said) == 6
+    (warning,) = caught  # one warning per config file, naming every moved key
+    said = str(warning.message)
+    assert "`eval.every` is now `eval.select.every`" in said
+    assert said.count(" is now ") == 6 and said.endswith("work until the next release")
     assert config.train.val_loss_every == 5 and config.eval.select.every == 10
     assert config.eval.metric == config.eval.scoring.metric == "accuracy"
     assert config.eval.generation.max_new_tokens == 8 and config.eval.generation.constrain

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import load_config
+from tunelab.config_file import load_config
 from tunelab.errors import TunelabError
 
 BASE = "data: {train: a.jsonl}\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import validate_config
+from tunelab.config_file import validate_config
 from tunelab.data.corpora import build_corpus
 from tunelab.train.run import train
 

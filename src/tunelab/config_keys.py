@@ -51,8 +51,8 @@ class RenamedKeyWarning(FutureWarning):
 
 def move_renamed_keys(raw: dict[str, Any]) -> list[str]:
     """Move every old key of ``raw`` (a raw config mapping) to its new place, in place;
-    returns one notice per key moved. A key given under both names is left for validation
-    to reject."""
+    returns one notice per key moved (the last says how long old keys work). A key given
+    under both names is left for validation to reject."""
     notices = []
     for old, new in MOVED_KEYS.items():
         *old_parents, old_leaf = old.split(".")
@@ -64,7 +64,9 @@ def move_renamed_keys(raw: dict[str, Any]) -> list[str]:
         if target is None or new_leaf in target:
             continue
         target[new_leaf] = section.pop(old_leaf)
-        notices.append(f"`{old}` is now `{new}`; the old key works until the next release")
+        notices.append(f"`{old}` is now `{new}`")
+    if notices:
+        notices[-1] += "; the old keys work until the next release"
     return notices
 
 

@@ -69,7 +69,7 @@ def generate_texts(
     ``formats`` (one per prompt, None for free text), decoding is constrained by xgrammar.
     """
     device = next(model.parameters()).device
-    grammars = _GrammarCache(tokenizer, model.config.vocab_size) if formats else None
+    grammars = GrammarCache(tokenizer, model.config.vocab_size) if formats else None
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     if options.seed is not None:
@@ -98,7 +98,7 @@ def generate_texts(
     return outputs
 
 
-class _GrammarCache:
+class GrammarCache:
     """Compiles each distinct answer format once for this tokenizer."""
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
@@ -113,6 +113,10 @@ class _GrammarCache:
         from xgrammar.contrib.hf import LogitsProcessor
 
         return LogitsProcessor([self._compile(f or AnswerFormat()) for f in formats])
+
+    def compiled_for(self, answer: AnswerFormat) -> Any:
+        """The compiled grammar of ``answer`` (compiled once)."""
+        return self._compile(answer)
 
     def _compile(self, answer: AnswerFormat) -> Any:
         if answer not in self.compiled:

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.config import load_config
+from tunelab.config_file import load_config
 from tunelab.run_dir import write_json
 
 

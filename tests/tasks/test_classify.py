@@ -11,7 +11,8 @@ import openpyxl
 import pytest
 import torch
 
-from tunelab.config import DataConfig, ModelConfig, validate_config
+from tunelab.config import DataConfig, ModelConfig
+from tunelab.config_file import validate_config
 from tunelab.cpu.attention import takes_sample_boundaries
 from tunelab.data.batching import Batch
 from tunelab.data.readers import Source

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import alpaca_rows
-from tunelab.config import validate_config
+from tunelab.config_file import validate_config
 from tunelab.train.checkpoint import checkpoint_problem
 from tunelab.train.run import train
 

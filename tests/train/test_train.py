@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PRECISIONS, alpaca_rows, lora_deltas, relative_distance, reordering_tolerance
-from tunelab.config import validate_config
+from tunelab.config_file import validate_config
 from tunelab.train.run import train
 
 

@@ -89,7 +89,7 @@ def build(log: EventLog, options: BuildOptions, output: Path, console: Console) 
 def data_folder(run_root: Path) -> tuple[Path, dict[str, Any]]:
     """The sample folder a behaviour run trained on (the folder of its training file) and
     its build record."""
-    from tunelab.config import load_config
+    from tunelab.config_file import load_config
 
     config = load_config(RunDir(run_root).config)
     folder = Path(config.data.train[0]).parent

@@ -26,7 +26,8 @@ def data_check(
     ] = None,
 ) -> None:
     """Validate data files and report counts, rejects and token lengths, without training."""
-    from tunelab.config import DataConfig, ModelConfig, validate_options
+    from tunelab.config import DataConfig, ModelConfig
+    from tunelab.config_file import validate_options
     from tunelab.data.prepare import load_examples, write_rejects
     from tunelab.models.load import load_tokenizer
     from tunelab.models.resolve import resolve_model

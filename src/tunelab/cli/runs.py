@@ -1,4 +1,4 @@
-"""The commands on runs: train, eval, predict, chat, merge, baseline, init, sweep."""
+"""The commands on runs: train, eval, predict, chat, merge, serve, baseline, init, sweep."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def train(
         from tunelab.train.launch import relaunch, without_option
 
         sys.exit(relaunch(nproc, without_option(sys.argv[1:], "--nproc")))
-    from tunelab.config import load_config
+    from tunelab.config_file import load_config
     from tunelab.report import print_comparison
     from tunelab.train.run import train as run_training
 
@@ -146,6 +146,46 @@ def merge(
         f"merged into {summary['output']}: logits match base + adapter within "
         f"{summary['max_logit_difference']:.1e}; chat template round trip checked"
     )
+
+
+@app.command()
+def serve(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to serve, by name.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond 127.0.0.1 needs TUNELAB_API_KEY.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    name: Annotated[
+        list[str] | None, typer.Option(help="Serve a run under another id: alias=runs/X.")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Allow browser calls from this origin (repeatable).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together.")] = 16,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Requests waiting beyond the batch; more get 429.")
+    ] = 64,
+    max_body_mb: Annotated[int, typer.Option(min=1, help="Largest request body, MiB.")] = 4,
+    print_vllm: Annotated[
+        bool, typer.Option(help="Print the equivalent vllm serve command and exit.")
+    ] = False,
+) -> None:
+    """An OpenAI-compatible server for runs (and their base model): chat, completions,
+    classify; the API key, if any, comes from TUNELAB_API_KEY."""
+    quiet_libraries()
+    if print_vllm:
+        from tunelab.use.serve.models import parse_names
+        from tunelab.use.serve.vllm import vllm_command
+
+        command, warnings = vllm_command(parse_names(runs, name or []))
+        for warning in warnings:
+            console.print(f"[yellow]warning: {warning}[/yellow]")
+        print(command)
+        return
+    from tunelab.use.serve.server import serve as run_server
+
+    limits = (max_batch, max_queue, max_body_mb)
+    run_server(runs, name or [], host, port, cors_origin or [], limits, console)
 
 
 @app.command()

@@ -14,7 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig
+from tunelab.config_file import dump_config
 from tunelab.cpu.attention import takes_sample_boundaries
 from tunelab.cpu.training import prepare_for_cpu_training
 from tunelab.data.prepare import write_rejects

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.config import load_config
+from tunelab.config_file import load_config
 from tunelab.errors import TunelabError
 from tunelab.report import print_comparison, write_eval
 from tunelab.run_dir import RunDir

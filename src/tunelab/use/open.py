@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig, load_config
+from tunelab.config import RunConfig
+from tunelab.config_file import load_config
 from tunelab.data.encode import encode_prompt
 from tunelab.data.formats import Message
 from tunelab.errors import TunelabError

@@ -1,0 +1,1 @@
+"""Serving a run over HTTP."""
