@@ -540,3 +540,62 @@ def test_served_greedy_answers_equal_predict_token_for_token(
         ]
     assert all(len(answer) > 5 for answer in expected)  # real answers, not an empty string
     assert served == expected
+
+
+def test_no_cors_unless_asked(served: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", served, timeout=30)
+    connection.request("GET", "/v1/models", headers={"Origin": "https://evil.example"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 200
+    assert response.getheader("access-control-allow-origin") is None
+
+
+def running(port: int) -> float:
+    _, text = call(port, "GET", "/metrics")
+    line = next(
+        x for x in text.splitlines() if x.startswith('tunelab_running_requests{model="labels"}')
+    )
+    return float(line.split()[-1])
+
+
+def test_a_client_that_goes_away_cancels_its_generation(served: int) -> None:
+    body = {
+        "model": "labels",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 2000,
+        "stream": True,
+        "response_format": {"type": "regex", "regex": "[a-z]{2000}"},
+    }
+    connection = http.client.HTTPConnection("127.0.0.1", served, timeout=60)
+    connection.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data:")
+    deadline = time.monotonic() + 30
+    while running(served) != 1.0:  # the engine takes the request up
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    connection.close()  # the client leaves mid-answer
+    deadline = time.monotonic() + 30
+    while running(served) != 0.0:
+        assert time.monotonic() < deadline, "the generation went on without its client"
+        time.sleep(0.2)
+
+
+def test_print_vllm_gives_the_command_and_what_vllm_refuses(
+    tiny_run: Path, class_run: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab", "serve", str(tiny_run), str(class_run), "--print-vllm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join(done.stdout.split())
+    assert "vllm serve " in said and "--enable-lora" in said
+    assert f"--lora-modules labels={tiny_run / 'adapter'}" in said
+    assert "--max-lora-rank 8" in said  # rank 4 adapters; vLLM takes 8 and up
+    assert "reviews: trains ['score'" in said and "(modules_to_save)" in said
