@@ -84,7 +84,7 @@ def test_sampling_is_reproducible_with_a_seed_and_stop_strings_cut(
 def test_constrained_decoding_is_not_biased_against_long_labels(qwen3_dir, qwen3_tok) -> None:
     """Labels of 1 and of several tokens: summing log-probs favours the short one; constrained
     decoding decides at the first differing token, so the long label keeps its share."""
-    from tunelab.generate import label_logprobs
+    from tunelab.ranking import label_logprobs
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(qwen3_dir).eval()

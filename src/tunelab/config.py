@@ -127,7 +127,12 @@ class TrainConfig(Section):
     max_steps: StrictInt | None = Field(
         None, ge=1, description="Optimizer steps; overrides `epochs`."
     )
-    batch_size: StrictInt = Field(8, ge=1, description="Samples per micro-batch.")
+    batch_size: StrictInt = Field(
+        8,
+        ge=1,
+        description="Samples per micro-batch across all processes: with --nproc N (or "
+        "torchrun) each process takes batch_size / N of them.",
+    )
     grad_accum: StrictInt = Field(1, ge=1, description="Micro-batches per optimizer step.")
     forward_tokens: StrictInt = Field(
         768,

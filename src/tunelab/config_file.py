@@ -4,6 +4,7 @@ keys moved, and every error reported at once with its key."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
         raw.setdefault("name", default_name(path.stem))
         _anchor_data_paths(raw, path.parent)
     return validate_config(raw, source)
+
+
+def plain_config(model: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """The default settings to use ``model`` outside a run (no training data)."""
+    raw: dict[str, Any] = {"model": {"name": model}, "data": {"train": ["(none)"]}}
+    for override in overrides:
+        _apply_override(raw, override)
+    config = validate_config(raw, "--set")
+    config.data.train = []
+    return config
 
 
 def validate_config(raw: dict[str, Any], source: str) -> RunConfig:

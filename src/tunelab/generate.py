@@ -6,7 +6,6 @@ schema; a constrained answer always parses, so its invalid-output rate is 0.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,9 +89,9 @@ def generate_texts(
                 **_decoding_kwargs(options),
             )
         for index, row in zip(chosen, generated[:, ids.shape[1] :], strict=True):
-            outputs[index] = _cut_at_stop(
-                tokenizer.decode(row, skip_special_tokens=True), options.stop
-            )
+            # an answer cut at max_new_tokens may end inside a character
+            text = tokenizer.decode(row, skip_special_tokens=True).rstrip("\ufffd")
+            outputs[index] = _cut_at_stop(text, options.stop)
         if on_batch is not None:
             on_batch(len(chosen))
     return outputs
@@ -183,132 +182,3 @@ def _left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, 
         ids[r, width - len(row) :] = torch.tensor(row)
         mask[r, width - len(row) :] = 1
     return ids, mask
-
-
-def label_logprobs(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    labels: Sequence[str],
-    end_token: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each label (with its end token) after each prompt.
-
-    Returns (summed log-probabilities, token counts), each of shape [prompts, labels]. The
-    sum favours short labels (every extra token can only lower it); divide by the counts
-    for a length-normalised score, or decode constrained to the labels (first differing
-    token decides) for a rule that does not look at length at all.
-    """
-    end = tokenizer.eos_token_id if end_token is None else end_token
-    sums = torch.zeros(len(prompts), len(labels))
-    for p, prompt in enumerate(prompts):
-        scored = dict(rank_candidates(model, tokenizer, prompt, labels, [end], len(labels)))
-        sums[p] = torch.tensor([scored[label] for label in labels])
-    lengths = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) + 1 for label in labels]
-    counts = torch.tensor(lengths, dtype=torch.float).expand(len(prompts), -1)
-    return sums, counts.clone()
-
-
-def rank_candidates(
-    model: Any,
-    tokenizer: Any,
-    prompt: list[int],
-    candidates: Sequence[str],
-    boundary: Sequence[int],
-    depth: int = 10,
-    chunk: int = 16,
-) -> list[tuple[str, float]]:
-    """Candidates by log P(candidate, then one of the `boundary` tokens | prompt), best first.
-
-    The boundary (the end of the answer, or a separator after a field) stops a candidate
-    that is a prefix of another from scoring as if it were the longer one. The first `depth`
-    places are exact: candidates are scored in order of an upper bound (the probability of
-    their first token after the prefix all candidates share), and scoring stops once no
-    unscored candidate's bound can reach the `depth`-th best score. Places beyond `depth` are
-    ordered by that bound.
-    """
-    device = next(model.parameters()).device
-    boundary = list(boundary)
-    tokens = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates]
-    shared = _common_prefix(tokens)
-    context = prompt + shared
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([context], device=device), use_cache=True)
-    logprobs = out.logits[0].float().log_softmax(-1)
-    positions = torch.arange(len(prompt) - 1, len(context) - 1)
-    prefix_score = float(logprobs[positions, torch.tensor(shared, dtype=torch.long)].sum())
-    after = logprobs[-1]
-    rests = [t[len(shared) :] for t in tokens]
-    bounds = [
-        prefix_score + float(after[rest[0]] if rest else torch.logsumexp(after[boundary], 0))
-        for rest in rests
-    ]
-    order = sorted(range(len(candidates)), key=lambda i: -bounds[i])
-    scored: dict[int, float] = {}
-    for start in range(0, len(order), chunk):
-        if len(scored) >= depth and bounds[order[start]] < sorted(scored.values())[-depth]:
-            break
-        group = order[start : start + chunk]
-        for index in [i for i in group if not rests[i]]:
-            scored[index] = bounds[index]
-        full = [i for i in group if rests[i]]
-        if full:
-            values = _group_scores(
-                model, out.past_key_values, len(context), after, [rests[i] for i in full], boundary
-            )
-            scored.update({i: prefix_score + v for i, v in zip(full, values, strict=True)})
-    exact = sorted(scored, key=lambda i: -scored[i])
-    rest_order = [i for i in order if i not in scored]
-    return [(candidates[i], scored[i]) for i in exact] + [
-        (candidates[i], bounds[i]) for i in rest_order
-    ]
-
-
-def _common_prefix(rows: Sequence[list[int]]) -> list[int]:
-    """The tokens every row starts with (at most all but the last of the shortest row)."""
-    if not rows:
-        return []
-    shortest = min(len(r) for r in rows)
-    length = 0
-    while length < shortest - 1 and all(r[length] == rows[0][length] for r in rows):
-        length += 1
-    return list(rows[0][:length])
-
-
-def _group_scores(
-    model: Any,
-    cache: Any,
-    prompt_length: int,
-    first: torch.Tensor,
-    group: list[list[int]],
-    boundary: list[int],
-) -> list[float]:
-    device = first.device
-    width = max(len(ids) for ids in group)
-    # right padding: a candidate's own positions never attend to the padding after it
-    ids = torch.zeros((len(group), width), dtype=torch.long)
-    own = torch.zeros_like(ids)
-    for row, tokens in enumerate(group):
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-        own[row, : len(tokens)] = 1
-    mask = torch.cat([torch.ones(len(group), prompt_length, dtype=torch.long), own], dim=1)
-    shared = copy.deepcopy(cache)
-    shared.batch_repeat_interleave(len(group))
-    positions = torch.arange(prompt_length, prompt_length + width).expand(len(group), -1)
-    with torch.no_grad():
-        logits = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            past_key_values=shared,
-            position_ids=positions.to(device),
-            use_cache=True,
-        ).logits.float()
-    logprobs = logits.log_softmax(-1).cpu()
-    scores = []
-    for row, tokens in enumerate(group):
-        total = float(first[tokens[0]])
-        for step in range(1, len(tokens)):
-            total += float(logprobs[row, step - 1, tokens[step]])
-        end = logprobs[row, len(tokens) - 1, boundary]
-        scores.append(total + float(torch.logsumexp(end, dim=0)))
-    return scores

@@ -97,13 +97,19 @@ def label_accuracy(predictions: Sequence[str], references: Sequence[str]) -> flo
 
 
 def classification_report(
-    predicted: Sequence[str], references: Sequence[str], labels: Sequence[str] | None = None
+    predicted: Sequence[str],
+    references: Sequence[str],
+    labels: Sequence[str] | None = None,
+    closed: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, P/R/F1 (macro, micro, weighted, per class) and the confusion matrix.
 
     A prediction outside ``labels`` (default: the labels seen in the references) counts as
     wrong for its row and appears in the confusion matrix's ``(invalid)`` column; it is no
-    class's false positive.
+    class's false positive. ``closed``: every prediction is a label (a class head), so the
+    matrix has no such column. The averages are over the labels the rows have (as a
+    reference or a prediction): a label absent from both would count as an F1 of 0 without
+    any row behind it; those are listed under ``absent``.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -117,9 +123,11 @@ def classification_report(
     }
     if not references:
         return report
+    present = [c for c in classes if c in set(references) | set(cleaned)]
+    report["absent"] = [c for c in classes if c not in present]
     for average in ("macro", "micro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(
-            references, cleaned, labels=classes, average=average, zero_division=0
+            references, cleaned, labels=present, average=average, zero_division=0
         )
         report[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     p, r, f, support = precision_recall_fscore_support(
@@ -134,7 +142,7 @@ def classification_report(
         }
         for i, label in enumerate(classes)
     }
-    columns = [*classes, INVALID]
+    columns = classes if closed else [*classes, INVALID]
     matrix = confusion_matrix(references, cleaned, labels=columns)[: len(classes)]
     report["confusion"] = {"rows": classes, "columns": columns, "matrix": matrix.tolist()}
     return report
@@ -145,7 +153,7 @@ def label_task_metrics(
 ) -> dict[str, Any]:
     """The per-task metrics of a closed label set, where every answer is a valid label: row
     statuses, the scikit-learn report, accuracy, macro-F1 and the headline among them."""
-    report = classification_report(list(predicted), list(references), list(labels))
+    report = classification_report(list(predicted), list(references), list(labels), closed=True)
     correct = sum(p == r for p, r in zip(predicted, references, strict=True))
     metrics: dict[str, Any] = {
         "rows": len(references),

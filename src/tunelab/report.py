@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ def write_eval(folder: Path, result: Any, history: Sequence[dict[str, Any]] = ()
         writer.writeheader()
         writer.writerows(result.rows)
     notes, keys = plot_eval(folder, result, history)
+    notes = [*getattr(result, "notes", []), *notes]
     (folder / "report.md").write_text(eval_markdown(result, keys, notes), encoding="utf-8")
     return notes
 
@@ -127,12 +129,10 @@ def plot_eval(
             keys[task] = labels
             if NO_CJK_FONT not in notes:
                 notes.append(NO_CJK_FONT)
+        # without a CJK font a Chinese task name would print as empty boxes
+        title = f"{result.name}: {task}" if task.isascii() or font else result.name
         plot_confusion(
-            confusion,
-            folder / f"confusion_{slug(task)}.png",
-            f"{result.name}: {task}",
-            font,
-            needs_cjk and font is None,
+            confusion, folder / f"confusion_{slug(task)}.png", title, font, needs_cjk and not font
         )
     if history:
         plot_losses(history, folder / "loss_curves.png")
@@ -151,7 +151,10 @@ def plot_confusion(
     rows, columns, matrix = confusion["rows"], confusion["columns"], confusion["matrix"]
     names = [f"L{i}" for i in range(len(columns))] if coded else columns
     size = 1.0 + 0.6 * len(columns)
-    with matplotlib.rc_context({"font.family": [font, "DejaVu Sans"] if font else ["DejaVu Sans"]}):
+    family = [font, "DejaVu Sans"] if font else ["DejaVu Sans"]
+    with matplotlib.rc_context({"font.family": family}), warnings.catch_warnings():
+        # a missing glyph is said once, in the notes, not once per character
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
         figure, axes = plt.subplots(figsize=(size + 1.5, size))
         image = axes.imshow(matrix, cmap="Blues")
         axes.set_xticks(range(len(columns)), names, rotation=45, ha="right")
@@ -256,7 +259,7 @@ def print_comparison(console: Console, results: Sequence[Any]) -> None:
     each other column (the base model, the classic baseline)."""
     tuned = next((i for i, r in enumerate(results) if r.name == "fine-tuned"), len(results) - 1)
     others = [i for i in range(len(results)) if i != tuned]
-    rows = next(iter(results[tuned].tasks.values()), {}).get("rows", 0)
+    rows = len(results[tuned].rows) or next(iter(results[tuned].tasks.values()), {}).get("rows", 0)
     per_task = list(results[tuned].tasks) != ["all"]  # a single-task set needs no task column
     table = Table(title=f"evaluation ({rows} rows)", title_justify="left")
     for column in (*(["task"] if per_task else []), "metric", *(r.name for r in results)):

@@ -8,6 +8,7 @@ not exact), wrong, or invalid (not in the answer format: not a label, regex or s
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ class EvalResult:
     tasks: dict[str, dict[str, Any]]
     rows: list[dict[str, Any]] = field(default_factory=list)
     loss: float | None = None  # the training loss on these rows, where the scoring gives it
+    notes: list[str] = field(default_factory=list)  # what the user should know about it
 
     def summary(self) -> dict[str, Any]:
         """Everything but the rows (metrics.json)."""
@@ -85,10 +87,27 @@ def generation_options(config: EvalConfig, **overrides: Any) -> GenerationOption
     return GenerationOptions(**{**settings, **overrides})
 
 
+# multi-task rows that name their task in the question's first line: "任务: 问题场景分类\n输入: ..."
+TASK_LINE = re.compile(
+    r"\A\s*(?:任务|task)[ \t]*[:：][ \t]*(\S[^\n]*?)[ \t]*(?:\n|\Z)", re.IGNORECASE
+)
+
+
 def task_of(example: Example, config: EvalConfig) -> str:
-    """The task a row belongs to (`all` for single-task data)."""
+    """The task a row belongs to: its task column, else a first line `任务: X` (or `task: X`)
+    of its question, else `all` (single-task data).
+
+    >>> from tunelab.data.readers import Source
+    >>> chat = [{"role": "user", "content": "任务: 问题场景分类\\n输入: 手机坏了"},
+    ...         {"role": "assistant", "content": "投诉"}]
+    >>> task_of(Example(chat, Source("f")), EvalConfig())
+    '问题场景分类'
+    """
     value = example.extra.get(config.scoring.task_field)
-    return str(value) if value not in (None, "") else SINGLE_TASK
+    if value not in (None, ""):
+        return str(value)
+    found = TASK_LINE.match(example.prompt[-1]["content"]) if example.prompt else None
+    return found.group(1) if found else SINGLE_TASK
 
 
 def task_specs(config: EvalConfig, examples: Sequence[Example]) -> dict[str, TaskSpec]:
@@ -155,7 +174,10 @@ def score_predictions(
             "mean of task headlines",
         )
         tasks["overall"] = _overall(rows, score)
-    return EvalResult(name, metric, round(score, 4), tasks, rows)
+    unmatched = sorted(set(config.scoring.tasks) - set(specs))
+    found = sorted(specs)
+    notes = [f"eval.scoring.tasks names {unmatched}: no evaluated row has them ({found})"]
+    return EvalResult(name, metric, round(score, 4), tasks, rows, notes=notes if unmatched else [])
 
 
 def _constraint(spec: TaskSpec) -> AnswerFormat | None:

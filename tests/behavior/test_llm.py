@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from tunelab.behavior.llm import boundary_tokens, event_grammar
 from tunelab.data.encode import encode_prompt
-from tunelab.generate import rank_candidates
+from tunelab.ranking import rank_candidates
 
 
 def test_pruned_ranking_matches_scoring_every_candidate(qwen3_dir: Path, qwen3_tok) -> None:

@@ -191,6 +191,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
     assert train(validate_config(raw, "t")).steps == 2  # no --resume, no --overwrite needed
     shutil.rmtree(run / "adapter")
+    shutil.rmtree(run / "checkpoints")  # as if killed before the first save
     (run / "metrics.jsonl").write_text("")
     assert train(validate_config(raw, "t"), resume=True).steps == 2  # nothing to resume: starts
 

@@ -58,17 +58,19 @@ class EventLog:
     events: list[Event] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     read: int = 0
+    notes: list[str] = field(default_factory=list)  # how values were read (time units)
 
     def extend(self, other: EventLog) -> None:
         """Add another source's events and rejects."""
         self.events.extend(other.events)
         self.rejects.extend(other.rejects)
         self.read += other.read
+        self.notes.extend(other.notes)
 
     def sorted(self) -> EventLog:
         """Events ordered by user, then time (stable for equal times)."""
         ordered = sorted(self.events, key=lambda e: (e.user, e.time))
-        return EventLog(ordered, self.rejects, self.read)
+        return EventLog(ordered, self.rejects, self.read, self.notes)
 
 
 # --- the text log -------------------------------------------------------------------------
@@ -160,17 +162,23 @@ def read_event_table(path: Path, columns: EventColumns) -> EventLog:
     """A CSV / JSONL / JSON / XLSX table with one event per row."""
     raw = read_rows(path)
     log = EventLog(rejects=list(raw.rejects), read=len(raw.rows) + len(raw.rejects))
+    units: set[str] = set()
     for row in raw.rows:
         try:
-            log.events.append(_table_event(row.data, columns))
+            log.events.append(_table_event(row.data, columns, units))
         except ValueError as error:
             field_name, reason = error.args
             log.rejects.append(Reject(row.source, field_name, reason))
+    log.notes += [f"{path}: column {columns.time!r} read as Unix epoch {u}" for u in sorted(units)]
     return log
 
 
-def _table_event(data: dict[str, Any], columns: EventColumns) -> Event:
-    when = parse_time(data.get(columns.time), columns.time)
+def _table_event(data: dict[str, Any], columns: EventColumns, units: set[str]) -> Event:
+    value = data.get(columns.time)
+    unit = epoch_unit(value)
+    if unit:
+        units.add(unit)
+    when = parse_time(value, columns.time)
     action, target = (_required(data, name) for name in (columns.action, columns.target))
     details = str(data.get(columns.details) or "").strip() if columns.details else ""
     user = str(data.get(columns.user) or "default").strip() if columns.user else "default"
@@ -187,12 +195,33 @@ def _required(data: dict[str, Any], name: str) -> str:
     return str(value).strip()
 
 
+def epoch_unit(value: Any) -> str | None:
+    """`seconds` or `milliseconds` for a Unix epoch time (a number, or digits in text), else
+    None: 12 digits and more are milliseconds (seconds would be after the year 5000).
+
+    >>> epoch_unit("1260759108"), epoch_unit(1260759108000), epoch_unit("2025-05-27")
+    ('seconds', 'milliseconds', None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        digits = len(str(int(abs(value))))
+    elif isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        digits = len(value.strip().split(".")[0])
+    else:
+        return None
+    return "milliseconds" if digits >= 12 else "seconds"
+
+
 def parse_time(value: Any, name: str = "time") -> datetime:
-    """An ISO time text, a datetime, or Unix seconds, as a naive datetime (UTC if zoned)."""
+    """An ISO time text, a datetime, or Unix epoch seconds or milliseconds (numbers or digits),
+    as a naive datetime (UTC if zoned)."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=None)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc).replace(tzinfo=None)
+    unit = epoch_unit(value)
+    if unit:
+        seconds = float(value) / (1000 if unit == "milliseconds" else 1)
+        return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
     text = str(value or "").strip()
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))

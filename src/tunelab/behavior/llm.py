@@ -2,7 +2,7 @@
 
 The answer grammar comes from the training vocabulary: an action, then one of the targets
 seen with that action, then optional details (one of those seen when they are few), then the
-delay when times are predicted. Candidate targets are ranked (`generate.rank_candidates`) by
+delay when times are predicted. Candidate targets are ranked (`ranking.rank_candidates`) by
 the model's probability of `action | target` followed by a field boundary.
 """
 

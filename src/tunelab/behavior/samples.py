@@ -155,7 +155,11 @@ def _whole_users(samples: list[Sample], limit: int, rng: random.Random) -> list[
 def build_samples(log: EventLog, options: BuildOptions) -> tuple[dict[str, list[Sample]], dict]:
     """Split a log's samples in time order; returns the parts and the build record."""
     if not log.events:
-        raise TunelabError("no events to build samples from")
+        shown = "".join(f"\n  {reject}" for reject in log.rejects[:5])
+        raise TunelabError(
+            f"no events to build samples from: {log.read} rows read, {len(log.rejects)} "
+            f"rejected{shown}"
+        )
     every = [
         s
         for session in sessions(log.events, options.session_gap_minutes)

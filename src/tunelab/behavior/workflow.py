@@ -24,6 +24,8 @@ from tunelab.behavior.samples import (
 )
 from tunelab.behavior.scoring import score_predictions
 from tunelab.behavior.simulate import app_frequencies, plot_hit_rates, simulate_all
+from tunelab.data.prepare import write_rejects
+from tunelab.errors import TunelabError
 from tunelab.report import slug
 from tunelab.run_dir import RunDir, write_json
 
@@ -64,7 +66,14 @@ def load_log(sources: Sequence[str], columns: EventColumns, aw_url: str | None) 
 
 def build(log: EventLog, options: BuildOptions, output: Path, console: Console) -> dict:
     """`tunelab behavior build`: samples in time order, written with their record."""
-    parts, record = build_samples(log, options)
+    for note in log.notes:
+        console.print(note)
+    try:
+        parts, record = build_samples(log, options)
+    except TunelabError:
+        if log.rejects:  # every row rejected: the rejects are written all the same
+            write_rejects(output / "rejects.jsonl", log.rejects)
+        raise
     write_build(output, parts, record, log, options)
     events = record["events"]
     console.print(
@@ -217,9 +226,11 @@ def simulate_run(
     tallies = simulate_all(rows, app_frequencies(train_rows), rankings, capacities)
     out = RunDir(run_root).eval_dir("simulation")
     records = [t.as_dict() for t in tallies]
-    write_json(out / "simulation.json", {"rows": len(rows), "results": records})
-    plot_hit_rates(tallies, out / "hit_rate.png", f"dispatch simulation ({len(rows)} events)")
-    _print_simulation(console, tallies, len(rows))
+    apps = tallies[0].hits + tallies[0].misses if tallies else 0
+    write_json(out / "simulation.json", {"rows": len(rows), "app_events": apps, "results": records})
+    title = f"dispatch simulation ({apps} app events of {len(rows)} events)"
+    plot_hit_rates(tallies, out / "hit_rate.png", title)
+    _print_simulation(console, tallies, len(rows), apps)
     console.print(f"written to {out} (simulation.json, hit_rate.png)")
     return records
 
@@ -280,7 +291,8 @@ def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _print_simulation(console: Console, tallies: Sequence[Any], rows: int) -> None:
+def _print_simulation(console: Console, tallies: Sequence[Any], rows: int, apps: int) -> None:
+    """Hit rates count the events that use an app; the others have nothing to dispatch."""
     capacities = sorted({t.capacity for t in tallies})
     policies = list(dict.fromkeys(t.policy for t in tallies))
     for title, value in (
@@ -288,7 +300,8 @@ def _print_simulation(console: Console, tallies: Sequence[Any], rows: int) -> No
         ("wasted preloads", lambda t: str(t.wasted)),
     ):
         view = Table(
-            title=f"dispatch simulation, {rows} events: {title} by K", title_justify="left"
+            title=f"dispatch simulation, {apps} app events of {rows} events: {title} by K",
+            title_justify="left",
         )
         view.add_column("policy", no_wrap=True)
         for capacity in capacities:

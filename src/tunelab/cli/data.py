@@ -55,7 +55,9 @@ def data_check(
 
 @app.command("build")
 def data_build(
-    name: Annotated[str, typer.Argument(help="Data set to build: sentiment or xiehouyu.")],
+    name: Annotated[
+        str, typer.Argument(help="Data set to build: sentiment, xiehouyu or multitask.")
+    ],
     output: Annotated[Path, typer.Option(help="Folder for train.jsonl and test.jsonl.")],
     train_rows: Annotated[
         int, typer.Option(help="Training rows (balanced where labelled).")
@@ -79,13 +81,24 @@ def data_sample(
     label_column: Annotated[str, typer.Option(help="The label column.")] = "label",
     seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 42,
     sheet: Annotated[str | None, typer.Option(help="Excel sheet to read.")] = None,
+    take_short: Annotated[
+        bool, typer.Option(help="Take all rows of a label that has fewer than its quota.")
+    ] = False,
 ) -> None:
     """Draw a number of rows per label, at random with a seed."""
     from tunelab.data.readers import read_rows
-    from tunelab.data.tables import parse_quotas, sample_per_label, write_records
+    from tunelab.data.tables import (
+        parse_quotas,
+        require_columns,
+        sample_per_label,
+        write_records,
+    )
 
     read = read_rows(file, sheet)
-    rows = sample_per_label([r.data for r in read.rows], label_column, parse_quotas(labels), seed)
+    records = [r.data for r in read.rows]
+    require_columns(records, file, label_column=label_column)
+    quotas = parse_quotas(labels)
+    rows = sample_per_label(records, label_column, quotas, seed, take_short)
     write_records(output, rows)
     console.print(
         f"{len(rows)} rows written to {output} ({len(read.rejects)} unreadable rows skipped)"
@@ -105,10 +118,17 @@ def data_split(
 ) -> None:
     """Stratified train/val/test split; texts repeated across splits are removed and counted."""
     from tunelab.data.readers import read_rows
-    from tunelab.data.tables import remove_cross_split_duplicates, stratified_split, write_records
+    from tunelab.data.tables import (
+        remove_cross_split_duplicates,
+        require_columns,
+        stratified_split,
+        write_records,
+    )
 
     read = read_rows(file, sheet)
-    parts = stratified_split([r.data for r in read.rows], label_column, val, test, seed)
+    records = [r.data for r in read.rows]
+    require_columns(records, file, label_column=label_column, text_column=text_column)
+    parts = stratified_split(records, label_column, val, test, seed)
     splits, report = remove_cross_split_duplicates(
         dict(zip(("train", "val", "test"), parts, strict=True)), text_column
     )
@@ -116,7 +136,10 @@ def data_split(
     for name, rows in splits.items():
         write_records(output / f"{name}{suffix}", rows)
         removed = f"{report.exact[name]} exact + {report.normalised[name]} near duplicates"
-        console.print(f"{name}: {len(rows)} rows ({removed} of earlier splits removed)")
+        console.print(
+            f"{name}: {len(rows)} rows written to {output / f'{name}{suffix}'} "
+            f"({removed} of earlier splits removed)"
+        )
 
 
 @app.command("pull-mongo")

@@ -64,7 +64,7 @@ def train(
         console.print(f"best {metric} {best['score']:.4f} at step {best['step']}")
     console.print(
         f"steps {result.steps}  final train loss {result.train_loss}  "
-        f"eval loss {result.eval_loss}  "
+        f"eval loss {result.eval_loss} (perplexity {result.eval_perplexity})  "
         f"{result.tokens_per_s:,.0f} real tokens/s"
     )
     console.print(f"run directory: {result.run_dir}  (adapter: {result.run_dir}/adapter)")
@@ -99,12 +99,16 @@ def predict(
     output: Annotated[Path, typer.Option("--output", help="Where to write (.jsonl, .csv, .xlsx).")],
     checkpoint: CheckpointOption = None,
     sheet: Annotated[str | None, typer.Option(help="Excel sheet to read.")] = None,
+    text_column: Annotated[
+        str | None,
+        typer.Option(help="A class head reads its texts here (default: its training column)."),
+    ] = None,
 ) -> None:
     """Answer every row of a file; the output keeps every input column plus `prediction`."""
     from tunelab.use.predict import predict_file
 
     quiet_libraries()
-    summary = predict_file(run, input, output, checkpoint, sheet, console)
+    summary = predict_file(run, input, output, checkpoint, sheet, console, text_column)
     console.print("  ".join(f"{key}: {value}" for key, value in summary.items()))
 
 
@@ -116,19 +120,27 @@ def chat(
     ] = False,
     checkpoint: CheckpointOption = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 256,
+    multiline: Annotated[
+        bool, typer.Option(help="A message is every line up to an empty line.")
+    ] = False,
+    history: Annotated[
+        bool, typer.Option(help="Keep the conversation; --no-history answers each alone.")
+    ] = True,
 ) -> None:
-    """Chat in the terminal with streamed answers (/reset, /system TEXT, /exit)."""
+    """Chat in the terminal with streamed answers (/reset, /system TEXT, /exit). RUN may also
+    be a merged model directory or a model spec."""
     from tunelab.use.chat import ChatSession, run_repl
     from tunelab.use.open import open_run
 
     quiet_libraries()
-    session = ChatSession(open_run(run, checkpoint, base_only=base), max_new_tokens)
+    opened = open_run(run, checkpoint, base_only=base)
+    session = ChatSession(opened, max_new_tokens, remember=history)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    run_repl(session, input, write)
+    run_repl(session, input, write, multiline)
 
 
 @app.command()

@@ -38,10 +38,32 @@ def parse_quotas(text: str) -> dict[str, int]:
     return quotas
 
 
+def require_columns(rows: Sequence[Row], source: object, **columns: str) -> None:
+    """Raise, naming the columns there are, when an option names a column no row has.
+
+    ``columns``: option name (``label_column``) -> the column it names.
+    """
+    present = set().union(*(row.keys() for row in rows)) if rows else set()
+    for option, name in columns.items():
+        if name not in present:
+            flag = "--" + option.replace("_", "-")
+            raise TunelabError(
+                f"{source}: no column {name!r} ({flag}); the columns are {sorted(present)}"
+            )
+
+
 def sample_per_label(
-    rows: Sequence[Row], label_column: str, quotas: dict[str, int], seed: int
+    rows: Sequence[Row],
+    label_column: str,
+    quotas: dict[str, int],
+    seed: int,
+    take_short: bool = False,
 ) -> list[Row]:
-    """``quotas[label]`` rows of each label, drawn at random with ``seed``, in a seeded order."""
+    """``quotas[label]`` rows of each label, drawn at random with ``seed``, in a seeded order.
+
+    A label with fewer rows than its quota is an error, or with ``take_short`` gives all it
+    has.
+    """
     by_label: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_label[str(row.get(label_column))].append(row)
@@ -51,10 +73,13 @@ def sample_per_label(
         for label, count in quotas.items()
         if len(by_label[label]) < count
     }
-    if short:
+    if short and not take_short:
         details = ", ".join(f"{label}: {have} < {quotas[label]}" for label, have in short.items())
-        raise TunelabError(f"not enough rows for the quotas ({details})")
-    chosen = [row for label, count in quotas.items() for row in rng.sample(by_label[label], count)]
+        raise TunelabError(
+            f"not enough rows for the quotas ({details}); --take-short takes all there are"
+        )
+    counts = {label: min(count, len(by_label[label])) for label, count in quotas.items()}
+    chosen = [row for label, count in counts.items() for row in rng.sample(by_label[label], count)]
     rng.shuffle(chosen)
     return chosen
 

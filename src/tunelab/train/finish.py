@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from tunelab.metrics import perplexity
 from tunelab.report import write_eval
 from tunelab.run_dir import write_json
 from tunelab.scoring import EvalResult
@@ -25,6 +26,7 @@ class TrainResult:
     train_loss: float | None
     eval_loss: float | None
     tokens_per_s: float
+    eval_perplexity: float | None = None  # exp(eval loss): per answer token, or per label
     metric: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     best: dict[str, Any] | None = None
@@ -63,10 +65,13 @@ def finish(
             # a class head's evaluation gives the loss from its own passes over the rows
             known = tuned.loss if tuned is not None else None
             result.eval_loss = known if known is not None else eval_loss(session)
+            result.eval_perplexity = round(perplexity(result.eval_loss), 4)
             if known is None or session.scored_at(steps) is None:  # else logged with the score
-                log_metrics(session, {"step": steps, "eval_loss": result.eval_loss})
+                record = {"eval_loss": result.eval_loss, "eval_perplexity": result.eval_perplexity}
+                log_metrics(session, {"step": steps, **record})
         if tuned is not None:
-            write_eval(run.eval_dir("final"), tuned, run.read_metrics())
+            for note in write_eval(run.eval_dir("final"), tuned, run.read_metrics()):
+                session.display.console.print(f"[yellow]{note}[/yellow]")
             classic = baseline() if baseline is not None else None
             if classic is not None:
                 write_eval(run.eval_dir("baseline"), classic)

@@ -51,6 +51,8 @@ def run_loop(session: Session, start_step: int) -> int:
                 finished_early, interrupted = after_step(session, step, record, stops.requested)
                 if finished_early:
                     break
+            if session.saved_step != step:  # the final state, so a finished run can go on
+                save(session, step, capture_rng())
     except KeyboardInterrupt:
         path = save(session, step, session.rng_at_step_start or capture_rng())
         raise Interrupted(
@@ -128,7 +130,7 @@ def after_step(
     the same step, whichever of them a signal or the plateau reached.
     """
     cfg = session.config.train
-    session.display.update(step, record)
+    session.display.update(step, record, session.plan.epoch_at(step))
     plateau = False
     logged = step % cfg.log_every == 0 or step == session.plan.total_steps
     if session.accelerator.is_main_process and logged:

@@ -30,7 +30,7 @@ class TrainDisplay:
         self.tokens = 0
         self.seconds = 0.0
         self.every = max(1, total_steps // PLAIN_LINES)
-        self.last_plain = time.perf_counter()
+        self.started = time.perf_counter()
 
     def start(self, step: int) -> None:
         """Begin showing progress from ``step`` (non-zero on resume)."""
@@ -41,7 +41,8 @@ class TrainDisplay:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
-                "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s"
+                "epoch {task.fields[epoch]}  loss {task.fields[loss]}  lr {task.fields[lr]}  "
+                "{task.fields[speed]} tok/s"
             ),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -49,17 +50,18 @@ class TrainDisplay:
             console=self.console,
         )
         self.task_id = self.progress.add_task(
-            "train", total=self.total, completed=step, loss="-", lr="-", speed="-"
+            "train", total=self.total, completed=step, epoch="-", loss="-", lr="-", speed="-"
         )
         self.progress.start()
 
-    def update(self, step: int, record: dict[str, float]) -> None:
-        """Show the step just finished."""
+    def update(self, step: int, record: dict[str, float], epoch: float = 0.0) -> None:
+        """Show the step just finished (``epoch``: epochs completed)."""
         if not self.enabled:
             return
         self.tokens += int(record["real_tokens"])
         self.seconds += record["seconds"]
         fields = {
+            "epoch": f"{epoch:.2f}",
             "loss": f"{record['loss']:.4f}",
             "lr": f"{record['lr']:.2e}",
             "speed": f"{self.tokens / max(self.seconds, 1e-9):,.0f}",
@@ -67,9 +69,10 @@ class TrainDisplay:
         if self.progress is not None:
             self.progress.update(self.task_id, completed=step, **fields)
         elif step % self.every == 0 or step == self.total:
+            elapsed = time.perf_counter() - self.started
             self.console.print(
-                f"step {step}/{self.total}  loss {fields['loss']}  lr {fields['lr']}  "
-                f"{fields['speed']} tok/s"
+                f"step {step}/{self.total}  epoch {fields['epoch']}  loss {fields['loss']}  "
+                f"lr {fields['lr']}  {fields['speed']} tok/s  {elapsed:,.0f} s"
             )
 
     def stop(self) -> None:

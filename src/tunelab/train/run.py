@@ -21,7 +21,7 @@ from tunelab.cpu.training import prepare_for_cpu_training
 from tunelab.data.prepare import write_rejects
 from tunelab.models.load import attach_lora, load_tokenizer, set_activation_checkpointing
 from tunelab.models.resolve import resolve_model
-from tunelab.precision import base_dtype, resolve_precision
+from tunelab.precision import base_dtype, fallback_notice, resolve_precision
 from tunelab.report import print_data_report, write_eval
 from tunelab.run_dir import RunDir, write_json
 from tunelab.scoring import EvalResult
@@ -70,6 +70,7 @@ def build_run(
     precision = resolve_precision(config.train.precision)
     accelerator = build_accelerator(precision)
     if accelerator.is_main_process:
+        say_settings(console, config, precision, accelerator.num_processes)
         run.start(resume, overwrite)
         if resume and not run.list_checkpoints():
             console.print(f"nothing to resume in {run.root}: starting from step 0")
@@ -93,6 +94,19 @@ def build_run(
     if config.eval.compare_base and task.has_base_model and accelerator.is_main_process:
         base = score_base(task, session, tokenizer, data)
     return BuiltRun(session, tokenizer, base, task.baseline(config, data))
+
+
+def say_settings(console: Console, config: RunConfig, precision: str, processes: int) -> None:
+    """What a user may not expect: a precision replaced, the batch shared by processes."""
+    notice = fallback_notice(config.train.precision, precision)
+    if notice:
+        console.print(f"[yellow]warning: {notice}[/yellow]")
+    if processes > 1:
+        share = config.train.batch_size / processes
+        console.print(
+            f"train.batch_size {config.train.batch_size} is the batch of all {processes} "
+            f"processes: about {share:g} samples per process per micro-batch"
+        )
 
 
 def precision_record(config: RunConfig, precision: str) -> dict[str, str]:

@@ -55,6 +55,7 @@ def save(session: Session, step: int, rng: dict[str, Any]) -> Path:
                 session.config.train.keep_checkpoints,
             )
     session.accelerator.wait_for_everyone()
+    session.saved_step = step
     return path
 
 
@@ -188,7 +189,7 @@ def _restore_state(session: Session, path: Path, state: TrainingState) -> None:
         )
     restore_rng(state.rng[rank % len(state.rng)])
     session.best = state.best or {}
-    session.resumed_from = state.step
+    session.resumed_from = session.saved_step = state.step
     if session.accelerator.is_main_process:
         dropped = session.run.truncate_metrics(state.step)
         if dropped:

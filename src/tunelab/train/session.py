@@ -63,6 +63,7 @@ class Session:
     last_scored: tuple[int, Any] | None = None  # (step, its EvalResult)
     tokenizer: Any = None  # saved beside every adapter
     resumed_from: int | None = None  # the checkpoint's step, when resumed
+    saved_step: int | None = None  # the step of the newest checkpoint written or loaded
     nonfinite_steps: int = 0  # steps in a row with a non-finite loss or gradient
     zero_gradient_steps: int = 0  # steps in a row whose gradient was exactly zero
 

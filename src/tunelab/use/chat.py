@@ -16,9 +16,10 @@ HELP = "commands: /reset (forget the conversation), /system TEXT, /exit"
 class ChatSession:
     """A conversation: history, system message, and one streamed reply per user turn."""
 
-    def __init__(self, run: Any, max_new_tokens: int = 256) -> None:
+    def __init__(self, run: Any, max_new_tokens: int = 256, remember: bool = True) -> None:
         self.run = run  # an OpenedRun
         self.max_new_tokens = max_new_tokens
+        self.remember = remember  # False: each message alone, as test cases are
         self.system: str | None = None
         self.history: list[Message] = []
 
@@ -29,6 +30,8 @@ class ChatSession:
 
     def reply(self, text: str, on_piece: Callable[[str], None]) -> str:
         """Generate the answer to ``text``, passing each decoded piece to ``on_piece``."""
+        if not self.remember:
+            self.history.clear()
         self.history.append({"role": "user", "content": text})
         pieces = []
         for piece in self.run.stream(self.messages(), self.max_new_tokens):
@@ -54,24 +57,41 @@ class ChatSession:
 
 
 def run_repl(
-    session: ChatSession, read: Callable[[str], str], write: Callable[[str], None]
+    session: ChatSession,
+    read: Callable[[str], str],
+    write: Callable[[str], None],
+    multiline: bool = False,
 ) -> None:
-    """Read a line, answer it, until /exit or end of input."""
+    """Read a message, answer it, until /exit or end of input.
+
+    ``multiline``: a message is every line up to an empty line, so a test prompt with line
+    breaks is sent as it is written.
+    """
     write(f"{HELP}\n")
     while True:
         try:
-            line = read("you> ").strip()
+            text = _read_message(read, multiline)
         except (EOFError, KeyboardInterrupt):
             write("\n")
             return
-        if not line:
+        if not text:
             continue
-        if line.startswith("/"):
-            shown = session.command(line)
+        if text.startswith("/"):
+            shown = session.command(text)
             if shown is None:
                 return
             write(shown + "\n")
             continue
         write("model> ")
-        session.reply(line, write)
+        session.reply(text, write)
         write("\n")
+
+
+def _read_message(read: Callable[[str], str], multiline: bool) -> str:
+    first = read("you> ").strip()
+    if not multiline or not first or first.startswith("/"):
+        return first
+    lines = [first]
+    while line := read("...  ").rstrip():
+        lines.append(line)
+    return "\n".join(lines)

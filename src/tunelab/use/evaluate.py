@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.config_file import load_config
+from tunelab.config_file import load_config, plain_config
 from tunelab.errors import TunelabError
 from tunelab.report import print_comparison, write_eval
 from tunelab.run_dir import RunDir
@@ -25,9 +25,21 @@ def run_eval(
     overrides: list[str],
     console: Console,
 ) -> list[Any]:
-    """Score the run's model (and the base) on the same rows; write RUN/eval/NAME/."""
+    """Score the run's model (and the base) on the same rows; write RUN/eval/NAME/.
+
+    A merged (or any) model directory is scored too, on ``data``, with the default
+    settings (and ``overrides``); its report goes to MODEL/eval/NAME/.
+    """
     run = RunDir(run_root)
-    config = load_config(run.config, overrides)
+    if run.config.is_file():
+        config = load_config(run.config, overrides)
+    elif data is not None and (run.root / "config.json").is_file():
+        config = plain_config(str(run.root), overrides)
+    else:
+        raise TunelabError(
+            f"{run_root}: not a run directory (no config.yaml); a merged or other model "
+            "directory is scored on --data FILE"
+        )
     task = TASKS[config.task]
     label = name or (data.stem if data else "val") + (f"-{checkpoint}" if checkpoint else "")
     variants = [("base", True)] if compare_base and task.has_base_model else []
@@ -44,7 +56,7 @@ def run_eval(
             console.print(f"[yellow]{note}[/yellow]")
         results.append(result)
         del opened
-    classic = task.classic(config, data)
+    classic = task.classic(config, data) if config.data.train else None
     results += [classic] if classic is not None else []
     print_comparison(console, results)
     if rows is not None and rows.skipped:

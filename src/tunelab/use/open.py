@@ -18,14 +18,15 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig
-from tunelab.config_file import load_config
+from tunelab.config_file import load_config, plain_config
 from tunelab.data.encode import encode_prompt
 from tunelab.data.formats import Message
 from tunelab.errors import TunelabError
-from tunelab.generate import AnswerFormat, generate_texts, rank_candidates
-from tunelab.models.load import load_adapter, load_tokenizer
+from tunelab.generate import AnswerFormat, generate_texts
+from tunelab.models.load import load_adapter, load_causal_lm, load_tokenizer
 from tunelab.models.resolve import resolve_model
 from tunelab.precision import base_dtype, bf16_frozen_matmuls, usable_precision
+from tunelab.ranking import rank_candidates
 from tunelab.run_dir import RunDir
 from tunelab.scoring import generation_options
 from tunelab.tasks.base import Task
@@ -89,7 +90,13 @@ class OpenedRun:
         }
         worker = threading.Thread(target=self._generate_quietly, kwargs=arguments)
         worker.start()
-        yield from streamer
+        held = None  # one piece behind, so the last can lose a character cut in two
+        for piece in streamer:
+            if held is not None:
+                yield held
+            held = piece
+        if held is not None:
+            yield held.rstrip("\ufffd")
         worker.join()
 
     def classify(self, texts: Sequence[str]) -> list[dict[str, float]]:
@@ -111,7 +118,7 @@ class OpenedRun:
         self, prompt: list[int], candidates: Sequence[str], boundary: Sequence[int], depth: int
     ) -> list[tuple[str, float]]:
         """Candidate answers by the model's log-probability, best first
-        (``generate.rank_candidates``)."""
+        (``ranking.rank_candidates``)."""
         self._needs_language_model()
         return rank_candidates(self.model, self.tokenizer, prompt, candidates, boundary, depth)
 
@@ -139,6 +146,8 @@ def open_run(
     overrides: Sequence[str] = (),
 ) -> OpenedRun:
     """Open a finished run: its adapter (`final`, `best` or a step), or its base model alone.
+    A path that is not a run (a merged model directory, a .gguf file) or a model spec opens
+    as a plain model (``open_model``).
 
     Everything comes from the run directory: its resolved config names the base model and
     the task, the adapter folder holds the LoRA weights and the tokenizer trained with, and
@@ -147,7 +156,7 @@ def open_run(
     """
     run = RunDir(Path(run_dir))
     if not run.config.is_file():
-        raise TunelabError(f"{run.root}: not a run directory (no config.yaml)")
+        return open_model(str(run_dir), precision, overrides)
     config = load_config(run.config, list(overrides))
     task = TASKS[config.task]
     if base_only and not task.has_base_model:
@@ -166,3 +175,21 @@ def open_run(
         bf16_frozen_matmuls(model)
     model.eval()
     return OpenedRun(run, config, model, tokenizer, chosen, labels, adapter)
+
+
+def open_model(spec: str, precision: str | None = None, overrides: Sequence[str] = ()) -> OpenedRun:
+    """A plain model (a merged run, any model directory, a .gguf file, an embedded alias or a
+    hub id) opened as a run without an adapter, with the default settings (``overrides``
+    change them)."""
+    path = Path(spec)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise TunelabError(f"{spec}: neither a run directory (config.yaml) nor a model")
+    config = plain_config(spec, overrides)
+    chosen = usable_precision(precision)
+    model_dir = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
+    model = load_causal_lm(model_dir, config.model, base_dtype(chosen))
+    if chosen == "bf16" and not torch.cuda.is_available():
+        bf16_frozen_matmuls(model)
+    model.eval()
+    return OpenedRun(RunDir(path), config, model, tokenizer, chosen, [], None)

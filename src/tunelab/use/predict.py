@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +24,37 @@ def predict_file(
     checkpoint: str | None = None,
     sheet: str | None = None,
     console: Console | None = None,
+    text_column: str | None = None,
 ) -> dict[str, Any]:
     """Predict for every row of ``source`` into ``output`` (.jsonl, .csv or .xlsx): an answer,
     or a label with its probabilities for a class-head run.
 
     The output holds each input row's columns plus `prediction`; a row that has no usable
-    prompt keeps its columns, gets an empty prediction and an `error`, and is counted.
+    prompt keeps its columns, gets an empty prediction and an `error`, and is counted. A
+    class head reads ``text_column`` (default: the column it was trained on). When no row
+    could be predicted, the output is still written and the call fails, saying why.
     """
     if output.suffix.lower() not in WRITERS:
         raise TunelabError(f"{output}: write .jsonl, .csv or .xlsx")
     console = console or Console()
     read = read_rows(source, sheet)
-    opened = open_run(run_root, checkpoint)
+    overrides = [f"data.text_column={json.dumps(text_column)}"] if text_column else []
+    opened = open_run(run_root, checkpoint, overrides=overrides)
     with _bar(console, len(read.rows)) as (progress, task):
         try:
             records = opened.task.predict(opened, read.rows, lambda n: progress.advance(task, n))
         except TunelabError as error:
             raise TunelabError(f"{source}: {error}") from None
     write_records(output, records)
-    return _summary(records, read, output)
+    summary = _summary(records, read, output)
+    if records and not summary["predicted"]:
+        first = next((r["error"] for r in records if "error" in r), "no prompt")
+        raise TunelabError(
+            f"{source}: no row could be predicted ({len(records)} rows; first: {first}); "
+            f"the rows are in {output} with an `error` column"
+            + ("; name the text column with --text-column" if opened.labels else "")
+        )
+    return summary
 
 
 def _summary(records: list[dict[str, Any]], read: Any, output: Path) -> dict[str, Any]:

@@ -287,7 +287,7 @@ class Engine:
     def _emit_text(self, job: Job, piece: Piece | None, text: str, final: bool) -> None:
         """Emit the text that is settled: not an incomplete character, and (before the end)
         not the start of a stop string."""
-        settled = text if final else _settled(text, job.sampling.stop)
+        settled = text.rstrip("\ufffd") if final else _settled(text, job.sampling.stop)
         delta = settled[len(job.shown) :] if settled.startswith(job.shown) else ""
         job.shown += delta
         if piece is not None:

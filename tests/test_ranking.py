@@ -1,0 +1,51 @@
+"""Ranking candidates by a best-first search over their token trie: the exact top-k of
+scoring every candidate alone, without expanding every branch."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunelab.data.encode import encode_prompt
+from tunelab.ranking import rank_candidates
+
+
+def alone(model, prompt: list[int], tokens: list[int], boundary: list[int]) -> float:
+    """log P(tokens, then a boundary token | prompt), from one plain forward pass."""
+    with torch.no_grad():
+        logprobs = model(input_ids=torch.tensor([prompt + tokens])).logits[0].log_softmax(-1)
+    start = len(prompt) - 1
+    score = sum(float(logprobs[start + i, token]) for i, token in enumerate(tokens))
+    return score + float(torch.logsumexp(logprobs[start + len(tokens), boundary], 0))
+
+
+def test_the_search_finds_the_exact_top_k_and_expands_a_fraction(qwen3_dir, qwen3_tok) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(qwen3_dir).eval()
+    # 300 targets sharing their first tokens, as film titles or app names do
+    candidates = [f"观看电影 | 电影{i // 20}之{i % 20}号" for i in range(300)] + [
+        "启动应用 | QQ.exe"
+    ]
+    prompt = encode_prompt(qwen3_tok, [{"role": "user", "content": "下一个事件？"}])
+    boundary = [qwen3_tok.eos_token_id]
+    expanded: list[int] = []
+    original = model.forward
+
+    def counting(*args, **kwargs):
+        expanded.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    model.forward = counting
+    ranked = rank_candidates(model, qwen3_tok, prompt, candidates, boundary, depth=10, chunk=16)
+    model.forward = original
+    tokens = [qwen3_tok(c, add_special_tokens=False)["input_ids"] for c in candidates]
+    truth = sorted(
+        ((alone(model, prompt, t, boundary), c) for t, c in zip(tokens, candidates, strict=True)),
+        reverse=True,
+    )
+    assert [c for c, _ in ranked[:10]] == [c for _, c in truth[:10]]
+    for (_, score), (exact, _) in zip(ranked[:10], truth[:10], strict=True):
+        assert abs(score - exact) < 1e-4
+    assert sorted(c for c, _ in ranked) == sorted(candidates)
+    trie_nodes = len({tuple(t[:i]) for t in tokens for i in range(1, len(t) + 1)})
+    assert sum(expanded) - 1 < trie_nodes  # the prompt pass, then far from every branch
