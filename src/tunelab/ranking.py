@@ -23,12 +23,23 @@ import torch
 
 @dataclass
 class _Node:
-    """A trie node: the token path to it, its children, the candidates that end here."""
+    """A trie node: the token path to it, its children, the candidates that end here, and,
+    once expanded, the key/value entries of its own (last) token in every layer."""
 
     path: tuple[int, ...]
+    parent: _Node | None = None
     children: dict[int, _Node] = field(default_factory=dict)
     ends: list[int] = field(default_factory=list)
     members: list[int] = field(default_factory=list)  # every candidate at or below
+    own: torch.Tensor | None = None  # (layers, 2, heads, dim): this token's keys and values
+
+    def path_entries(self) -> list[torch.Tensor]:
+        """The stored entries of the path's tokens before this node's own, in order."""
+        entries, node = [], self.parent
+        while node is not None and node.own is not None:
+            entries.append(node.own)
+            node = node.parent
+        return entries[::-1]
 
 
 def rank_candidates(
@@ -38,7 +49,7 @@ def rank_candidates(
     candidates: Sequence[str],
     boundary: Sequence[int],
     depth: int = 10,
-    chunk: int = 16,
+    chunk: int = 64,
 ) -> list[tuple[str, float]]:
     """Candidates by log P(candidate, then a ``boundary`` token | prompt), best first.
 
@@ -59,7 +70,7 @@ def _trie(tokenizer: Any, candidates: Sequence[str]) -> _Node:
         node = root
         node.members.append(index)
         for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
-            node = node.children.setdefault(token, _Node((*node.path, token)))
+            node = node.children.setdefault(token, _Node((*node.path, token), node))
             node.members.append(index)
         node.ends.append(index)
     return root
@@ -128,32 +139,59 @@ class _Search:
         return taken
 
     def _expand(self, nodes: list[tuple[_Node, float]]) -> list[torch.Tensor]:
-        """The next-token log-probabilities after each node's path, in one forward pass."""
-        paths = [node.path for node, _ in nodes]
-        width = max(len(path) for path in paths)
-        ids = torch.zeros((len(paths), width), dtype=torch.long)
-        own = torch.zeros_like(ids)
-        for row, path in enumerate(paths):  # right padding: a path never attends to it
-            ids[row, : len(path)] = torch.tensor(path)
-            own[row, : len(path)] = 1
-        prompt_mask = torch.ones(len(paths), self.prompt_length, dtype=torch.long)
-        mask = torch.cat([prompt_mask, own], dim=1)
-        cache = copy.deepcopy(self.cache)
-        cache.batch_repeat_interleave(len(paths))
-        positions = torch.arange(self.prompt_length, self.prompt_length + width).expand(
-            len(paths), -1
-        )
+        """The next-token log-probabilities after each node's path, in one forward pass of
+        one token per node: the path before it comes from its ancestors' stored entries."""
+        rows = [node for node, _ in nodes]
+        longest = max(len(node.path) - 1 for node in rows)
+        cache = self._cache_for(rows, longest)
+        ids = torch.tensor([[node.path[-1]] for node in rows], device=self.device)
+        mask = torch.zeros(len(rows), self.prompt_length + longest + 1, dtype=torch.long)
+        mask[:, : self.prompt_length] = 1
+        for row, node in enumerate(rows):  # the padding after a short path is masked out
+            mask[row, self.prompt_length : self.prompt_length + len(node.path) - 1] = 1
+        mask[:, -1] = 1
+        positions = torch.tensor([[self.prompt_length + len(n.path) - 1] for n in rows])
         with torch.no_grad():
-            logits = self.model(
-                input_ids=ids.to(self.device),
+            out = self.model(
+                input_ids=ids,
                 attention_mask=mask.to(self.device),
                 past_key_values=cache,
                 position_ids=positions.to(self.device),
                 use_cache=True,
-            ).logits.float()
-        last = torch.tensor([len(path) - 1 for path in paths], device=logits.device)
-        chosen = logits[torch.arange(len(paths), device=logits.device), last]
-        return list(chosen.log_softmax(-1).cpu())
+            )
+        layers = out.past_key_values.layers
+        # (layers, 2, rows, heads, dim): each row's new token, kept for its children
+        fresh = torch.stack(
+            [torch.stack([layer.keys[:, :, -1], layer.values[:, :, -1]]) for layer in layers]
+        )
+        for row, node in enumerate(rows):
+            node.own = fresh[:, :, row]
+        return list(out.logits[:, -1].float().log_softmax(-1).cpu())
+
+    def _cache_for(self, rows: list[_Node], longest: int) -> Any:
+        """The prompt's cache repeated per row, each row's path entries after it, padded."""
+        cache = copy.deepcopy(self.cache)
+        if longest == 0:
+            for layer in cache.layers:
+                layer.keys = layer.keys.expand(len(rows), -1, -1, -1).contiguous()
+                layer.values = layer.values.expand(len(rows), -1, -1, -1).contiguous()
+            return cache
+        template = next(n.parent.own for n in rows if n.parent and n.parent.own is not None)
+        paths = torch.stack([_padded(node.path_entries(), longest, template) for node in rows])
+        # (rows, length, layers, 2, heads, dim) -> per layer (rows, heads, length, dim)
+        paths = paths.permute(2, 3, 0, 4, 1, 5)
+        for index, layer in enumerate(cache.layers):
+            prompt_keys = layer.keys.expand(len(rows), -1, -1, -1)
+            prompt_values = layer.values.expand(len(rows), -1, -1, -1)
+            layer.keys = torch.cat([prompt_keys, paths[index, 0]], dim=2)
+            layer.values = torch.cat([prompt_values, paths[index, 1]], dim=2)
+        return cache
+
+
+def _padded(entries: list[torch.Tensor], width: int, like: torch.Tensor) -> torch.Tensor:
+    """A path's entries stacked to ``width`` tokens: (width, layers, 2, heads, dim)."""
+    padding = [like.new_zeros(like.shape)] * (width - len(entries))
+    return torch.stack([*entries, *padding])
 
 
 def _ordered(

@@ -56,7 +56,7 @@ def test_generate_stream_and_rank_use_the_runs_template(tiny_run: Path) -> None:
 
 
 def test_opening_what_is_not_there_says_what_to_give(tiny_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(TunelabError, match="not a run directory"):
+    with pytest.raises(TunelabError, match="neither a run directory"):
         open_run(tmp_path)
     with pytest.raises(TunelabError, match="no adapter there"):
         open_run(tiny_run, checkpoint="99")

@@ -183,12 +183,17 @@ def model_predictions(
         for target in targets
     ]
     rankings = []
+    ranking_started = time.perf_counter()
+    every = max(1, len(prompts) // 10)  # a piped run prints ten progress lines
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"ranking {len(candidates)} candidate targets", total=len(rows))
-        for prompt in prompts:
+        for done, prompt in enumerate(prompts, start=1):
             ranked = opened.rank(prompt, candidates, boundary, RANKING_DEPTH)
             rankings.append([key for key, _ in ranked[:RANKING_DEPTH]])
             progress.advance(task)
+            rate = done / (time.perf_counter() - ranking_started)
+            if not console.is_terminal and (done % every == 0 or done == len(prompts)):
+                console.print(f"ranked {done}/{len(prompts)} rows ({rate:.2f} rows/s)")
     return {
         "answers": answers,
         "rankings": rankings,

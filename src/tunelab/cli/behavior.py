@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunelab.cli.common import console, quiet_libraries
+from tunelab.cli.common import console, prepare
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -93,9 +93,9 @@ def behavior_eval(
     checkpoint: Annotated[str | None, typer.Option(help="A checkpoint step or `best`.")] = None,
 ) -> None:
     """The model and three baselines on the same held-out events, one table."""
+    prepare()
     from tunelab.behavior.workflow import evaluate_run
 
-    quiet_libraries()
     evaluate_run(run_dir, split, constrain, max_rows, console, checkpoint)
 
 
@@ -109,9 +109,9 @@ def behavior_simulate(
     max_rows: Annotated[int | None, typer.Option(help="Replay only the first N events.")] = None,
 ) -> None:
     """Replay held-out events; policies keep at most K apps warm; hit rate against K."""
+    prepare()
     from tunelab.behavior.workflow import simulate_run
 
-    quiet_libraries()
     simulate_run(run_dir, logs or [], _capacities(capacity), max_rows, console)
 
 

@@ -3,6 +3,7 @@ of libraries' own output."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,16 @@ RunArgument = Annotated[Path, typer.Argument(help="A run directory (runs/NAME)."
 CheckpointOption = Annotated[
     str | None, typer.Option(help="final (default), best, or a step number of a saved checkpoint.")
 ]
+
+
+def prepare(training: bool = False) -> None:
+    """Before a command loads PyTorch: choose how its threads wait, quiet the libraries."""
+    from tunelab.cpu.threads import choose_wait_policy
+
+    note = choose_wait_policy(training)
+    if note and os.environ.get("RANK", "0") == "0":
+        console.print(f"[yellow]{note}[/yellow]")
+    quiet_libraries()
 
 
 def quiet_libraries() -> None:

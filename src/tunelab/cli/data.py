@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunelab.cli.common import console, quiet_libraries
+from tunelab.cli.common import console, prepare
 
 app = typer.Typer(help="Check data files and build data sets.", no_args_is_help=True)
 
@@ -26,6 +26,7 @@ def data_check(
     ] = None,
 ) -> None:
     """Validate data files and report counts, rejects and token lengths, without training."""
+    prepare()
     from tunelab.config import DataConfig, ModelConfig
     from tunelab.config_file import validate_options
     from tunelab.data.prepare import load_examples, write_rejects
@@ -34,7 +35,6 @@ def data_check(
     from tunelab.report import print_data_report
     from tunelab.tasks.sft.data import encode_examples, split_summary
 
-    quiet_libraries()
     options = {"train": files, "format": format, "sheet": sheet, "max_length": max_length}
     data = validate_options(DataConfig, options)
     loaded = load_examples(data.train, data.format, data.sheet)

@@ -13,7 +13,7 @@ from tunelab.cli.common import (
     RunArgument,
     SetOption,
     console,
-    quiet_libraries,
+    prepare,
 )
 from tunelab.errors import TunelabError
 
@@ -42,6 +42,7 @@ def train(
     ] = 1,
 ) -> None:
     """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""
+    prepare(training=True)
     if nproc > 1:
         from tunelab.train.launch import relaunch, without_option
 
@@ -50,7 +51,6 @@ def train(
     from tunelab.report import print_comparison
     from tunelab.train.run import train as run_training
 
-    quiet_libraries()
     settings = load_config(
         config, [*(overrides or []), *([f"model.name={model}"] if model else [])]
     )
@@ -84,9 +84,9 @@ def evaluate(
     overrides: SetOption = None,
 ) -> None:
     """Generate answers for held-out rows and score them; writes RUN/eval/NAME/."""
+    prepare()
     from tunelab.use.evaluate import run_eval
 
-    quiet_libraries()
     run_eval(run, data, checkpoint, compare_base, name, overrides or [], console)
 
 
@@ -105,9 +105,9 @@ def predict(
     ] = None,
 ) -> None:
     """Answer every row of a file; the output keeps every input column plus `prediction`."""
+    prepare()
     from tunelab.use.predict import predict_file
 
-    quiet_libraries()
     summary = predict_file(run, input, output, checkpoint, sheet, console, text_column)
     console.print("  ".join(f"{key}: {value}" for key, value in summary.items()))
 
@@ -129,10 +129,10 @@ def chat(
 ) -> None:
     """Chat in the terminal with streamed answers (/reset, /system TEXT, /exit). RUN may also
     be a merged model directory or a model spec."""
+    prepare()
     from tunelab.use.chat import ChatSession, run_repl
     from tunelab.use.open import open_run
 
-    quiet_libraries()
     opened = open_run(run, checkpoint, base_only=base)
     session = ChatSession(opened, max_new_tokens, remember=history)
 
@@ -150,9 +150,9 @@ def merge(
     checkpoint: CheckpointOption = None,
 ) -> None:
     """Fold the adapter into the base: a model directory plain transformers loads."""
+    prepare()
     from tunelab.use.merge import merge_run
 
-    quiet_libraries()
     summary = merge_run(run, output, checkpoint)
     console.print(
         f"merged into {summary['output']}: logits match base + adapter within "
@@ -184,7 +184,7 @@ def serve(
 ) -> None:
     """An OpenAI-compatible server for runs (and their base model): chat, completions,
     classify; the API key, if any, comes from TUNELAB_API_KEY."""
-    quiet_libraries()
+    prepare()
     if print_vllm:
         from tunelab.use.serve.models import parse_names
         from tunelab.use.serve.vllm import vllm_command
@@ -232,9 +232,9 @@ def sweep(
     overwrite: Annotated[bool, typer.Option(help="Replace earlier runs of the sweep.")] = False,
 ) -> None:
     """Train and evaluate CONFIG on growing prefixes of its data; plot metric vs samples."""
+    prepare(training=True)
     from tunelab.sweep import parse_fractions, run_sweep
 
-    quiet_libraries()
     try:
         fractions = parse_fractions(train_fraction)
     except ValueError as error:

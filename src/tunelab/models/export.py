@@ -10,7 +10,9 @@ import torch
 
 from tunelab.errors import TunelabError
 
-# merged (W + s B A) x and unmerged W x + s B (A x) differ by rounding only
+# merged (W + s B A) x and unmerged W x + s B (A x) differ by rounding only: one
+# reassociation per adapted product, compounded over the layers, relative to the logits'
+# size (measured 4e-6 of the largest logit on the embedded SmolLM2-135M)
 MERGE_TOLERANCE = 1e-4
 
 
@@ -33,9 +35,11 @@ def save_merged(model: Any, tokenizer: Any, output: Path) -> float:
     reloaded = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32)
     with torch.no_grad():
         difference = (reloaded(probe).logits - expected).abs().max().item()
-    if difference > MERGE_TOLERANCE:
+    allowed = MERGE_TOLERANCE * max(1.0, expected.abs().max().item())
+    if difference > allowed:
         raise TunelabError(
-            f"merge check failed: logits differ by {difference:.2e} (> {MERGE_TOLERANCE})"
+            f"merge check failed: logits differ by {difference:.2e} (> {allowed:.1e}, "
+            f"{MERGE_TOLERANCE} of the largest logit)"
         )
     check_template_round_trip(tokenizer, AutoTokenizer.from_pretrained(output))
     return difference
