@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunelab.durations import parse_duration
 from tunelab.run_dir import folder_name_problem
 
 
@@ -120,12 +121,26 @@ class LoraConfig(Section):
     )
 
 
+SCORINGS_PER_BUDGET = 5  # how often a budgeted run scores when eval.select.every is not set
+BUDGET_PATIENCE = 3  # scorings without improvement that end a budgeted run early
+
+
 class TrainConfig(Section):
     """The optimisation loop."""
 
     epochs: Number = Field(1.0, gt=0, description="Passes over the training set.")
     max_steps: StrictInt | None = Field(
-        None, ge=1, description="Optimizer steps; overrides `epochs`."
+        None, ge=1, description="Optimizer steps; overrides `epochs` (with `budget`: the most)."
+    )
+    budget: str | None = Field(
+        None,
+        description="Train for this long instead of `epochs` (`90s`, `10m`, `2h`, `1h30m`): "
+        "the run times its first steps, plans the steps that fill the budget (as many epochs "
+        "as fit) and lays the warmup and schedule over them; it scores "
+        f"{SCORINGS_PER_BUDGET} times along the way unless `eval.select.every` is set, keeps "
+        "the best in best/ and stops early after `eval.select.patience` scorings without "
+        f"improvement ({BUDGET_PATIENCE} unless set). Loading and the final evaluation are "
+        "outside the budget. A resumed run keeps its plan; a larger budget extends it.",
     )
     batch_size: StrictInt = Field(
         8,
@@ -197,6 +212,20 @@ class TrainConfig(Section):
         if not isinstance(value, bool) and value < 0:
             raise ValueError("expected true, false or N >= 1 (every N-th layer)")
         return value
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _a_duration(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = f"{value}s"  # a bare number in YAML is seconds
+        if isinstance(value, str):
+            parse_duration(value)
+        return value
+
+    @property
+    def budget_seconds(self) -> float:
+        """``budget`` in seconds (0 when there is none)."""
+        return parse_duration(self.budget) if self.budget is not None else 0.0
 
     @property
     def checkpoint_every(self) -> int:

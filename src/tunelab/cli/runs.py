@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +40,13 @@ def train(
         int,
         typer.Option(min=1, help="Data-parallel processes on this machine (accelerate launch)."),
     ] = 1,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Train for this long instead of epochs: 90s, 10m, 2h (same as --set "
+            "train.budget=...); loading and the final evaluation are outside it."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune with LoRA as CONFIG says; the run directory holds everything it writes."""
     prepare(training=True)
@@ -51,9 +58,11 @@ def train(
     from tunelab.report import print_comparison
     from tunelab.train.run import train as run_training
 
-    settings = load_config(
-        config, [*(overrides or []), *([f"model.name={model}"] if model else [])]
-    )
+    extra = [
+        *([f"model.name={model}"] if model else []),
+        *([f"train.budget={budget}"] if budget else []),
+    ]
+    settings = load_config(config, [*(overrides or []), *extra])
     result = run_training(settings, resume=resume, overwrite=overwrite, console=console)
     if not result.is_main:
         return
@@ -67,7 +76,23 @@ def train(
         f"eval loss {result.eval_loss} (perplexity {result.eval_perplexity})  "
         f"{result.tokens_per_s:,.0f} real tokens/s"
     )
+    print_timing(result)
     console.print(f"run directory: {result.run_dir}  (adapter: {result.run_dir}/adapter)")
+
+
+def print_timing(result: Any) -> None:
+    """Where the time went (load, training, final evaluation), the budget's plan against what
+    was used, and advice when the run ended below its baseline."""
+    timing = result.timing
+    if timing:
+        load, steps, final = (timing.get(k, 0) for k in ("load_s", "train_s", "final_eval_s"))
+        console.print(
+            f"time: loading {load:.0f} s, training {steps:.0f} s, final evaluation {final:.0f} s"
+        )
+    if result.budget:
+        console.print(result.budget)
+    if result.advice:
+        console.print(f"[yellow]{result.advice}[/yellow]")
 
 
 @app.command("eval")

@@ -34,6 +34,7 @@ class TrainingState:
     scheduler: dict[str, Any]
     rng: list[dict[str, Any]]  # ``capture_rng()`` of each process, in rank order
     best: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None  # train.budget's plan and spending (BudgetPlan)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -158,6 +159,7 @@ def _save_state(state: TrainingState, folder: Path) -> None:
         "step": state.step,
         "scheduler": state.scheduler,
         "best": state.best,
+        "budget": state.budget,
         **generators[0],
         "other_ranks": generators[1:],
     }
@@ -179,7 +181,9 @@ def _load_state(folder: Path) -> TrainingState:
     # checkpoints written before per-rank states hold rank 0's alone
     generators = [record, *record.get("other_ranks", [])]
     rng = [_rank_rng(tensors, rank, saved) for rank, saved in enumerate(generators)]
-    return TrainingState(record["step"], record["scheduler"], rng, record.get("best"))
+    return TrainingState(
+        record["step"], record["scheduler"], rng, record.get("best"), record.get("budget")
+    )
 
 
 def _rank_rng(tensors: dict[str, torch.Tensor], rank: int, saved: dict[str, Any]) -> dict:

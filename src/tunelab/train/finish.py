@@ -3,6 +3,7 @@ base model and the classic baseline, results.json."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -11,6 +12,8 @@ from tunelab.metrics import perplexity
 from tunelab.report import write_eval
 from tunelab.run_dir import write_json
 from tunelab.scoring import EvalResult
+from tunelab.train.advice import below_baseline_advice
+from tunelab.train.budget import describe
 from tunelab.train.launch import main_alone
 from tunelab.train.loop import eval_loss, keep_if_best
 from tunelab.train.saving import save_adapter
@@ -30,6 +33,9 @@ class TrainResult:
     metric: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     best: dict[str, Any] | None = None
+    timing: dict[str, float] = field(default_factory=dict)  # load_s, train_s, final_eval_s
+    budget: str | None = None  # planned against used steps and time, for a budgeted run
+    advice: str | None = None  # when the run ended below its classic baseline
     is_main: bool = True
     evaluations: list[Any] = field(default_factory=list, repr=False)
 
@@ -57,6 +63,7 @@ def finish(
     if not accelerator.is_main_process:
         result.is_main = False
         return result
+    started = time.perf_counter()
     with main_alone(accelerator.device):
         save_adapter(session, run.adapter, tokenizer)
         tuned = final_evaluation(session, steps)
@@ -78,6 +85,18 @@ def finish(
             result.evaluations = [r for r in (base, tuned, classic) if r is not None]
             result.metric = tuned.metric
             result.scores = {r.name: r.score for r in result.evaluations}
+            result.advice = below_baseline_advice(
+                tuned,
+                classic,
+                losses,
+                len(session.train_samples),
+                tokenizer,
+                session.config.eval.select.mode,
+            )
+        timing = {**session.timing, "final_eval_s": time.perf_counter() - started}
+        result.timing = {key: round(value, 1) for key, value in timing.items()}
+        if session.budget is not None:
+            result.budget = describe(session.budget, steps)
         saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
         write_json(run.results, saved)
         return result

@@ -21,6 +21,7 @@ from tunelab.train.checkpoint import (
     capture_rng,
 )
 from tunelab.train.launch import main_alone
+from tunelab.train.pacing import count_scoring, pace, scoring_every, scoring_patience, start_clock
 from tunelab.train.saving import Diverged, save, save_adapter, what_to_try
 from tunelab.train.session import Session, log_metrics
 from tunelab.train.stop import StopSignals, stop_signals
@@ -38,6 +39,7 @@ def run_loop(session: Session, start_step: int) -> int:
     step = start_step
     interrupted = False
     stops = StopSignals()
+    clock = start_clock(session, step)
     session.display.start(step)
     try:
         with stop_signals(announce=session.accelerator.is_main_process) as stops:
@@ -48,8 +50,9 @@ def run_loop(session: Session, start_step: int) -> int:
                 micro = [next(stream) for _ in range(plan.grad_accum)]
                 record = train_step(session, micro, stops)
                 step += 1
+                spent = pace(session, step, record, clock)
                 finished_early, interrupted = after_step(session, step, record, stops.requested)
-                if finished_early:
+                if finished_early or spent:
                     break
             if session.saved_step != step:  # the final state, so a finished run can go on
                 save(session, step, capture_rng())
@@ -139,7 +142,7 @@ def after_step(
     watch_numbers(session, step, record)
     if session.accelerator.is_main_process:
         with main_alone(session.accelerator.device):
-            every = session.config.eval.select.every
+            every = scoring_every(session)
             loss_logged = False
             if session.scorer is not None and every and step % every == 0:
                 plateau, loss_logged = score_and_keep_best(session, step)
@@ -188,7 +191,9 @@ def score_and_keep_best(session: Session, step: int) -> tuple[bool, bool]:
     the scoring gave the eval loss too, now logged).
     """
     cfg = session.config.eval
+    started = time.perf_counter()
     result = session.scorer(session.model, f"step-{step}")
+    count_scoring(session, time.perf_counter() - started)
     session.last_scored = (step, result)
     score, loss = result.score, result.loss
     record = {"step": step, f"eval_{cfg.metric}": score}
@@ -197,8 +202,11 @@ def score_and_keep_best(session: Session, step: int) -> tuple[bool, bool]:
     log_metrics(session, record)
     if not keep_if_best(session, step, score):
         session.best["stale"] += 1
-    patience = cfg.select.patience
-    return bool(patience and session.best["stale"] >= patience), loss is not None
+    patience = scoring_patience(session)
+    plateau = bool(patience and session.best["stale"] >= patience)
+    if plateau and session.budget is not None:
+        session.budget.ended = f"stopped early: no improvement in {patience} scorings"
+    return plateau, loss is not None
 
 
 def keep_if_best(session: Session, step: int, score: float) -> bool:

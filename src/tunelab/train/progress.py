@@ -75,6 +75,13 @@ class TrainDisplay:
                 f"lr {fields['lr']}  {fields['speed']} tok/s  {elapsed:,.0f} s"
             )
 
+    def set_total(self, total_steps: int) -> None:
+        """A new plan's end (a budgeted run plans once its first steps are timed)."""
+        self.total = total_steps
+        self.every = max(1, total_steps // PLAIN_LINES)
+        if self.progress is not None:
+            self.progress.update(self.task_id, total=total_steps)
+
     def stop(self) -> None:
         """Leave the final state of the bar on screen."""
         if self.progress is not None:

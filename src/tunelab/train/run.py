@@ -7,6 +7,7 @@ loop -> adapter, eval loss and scores. The loop lives in loop.py, the ending in 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,13 @@ def train(
     console: Console | None = None,
 ) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with LoRA; everything lands in the run dir."""
+    started = time.perf_counter()
     built = build_run(config, resume, overwrite, console or Console())
     session = built.session
     start = restore_latest(session) if resume and session.run.list_checkpoints() else 0
+    loaded = time.perf_counter()
     last = run_loop(session, start)
+    session.timing = {"load_s": loaded - started, "train_s": time.perf_counter() - loaded}
     return finish(built.session, built.tokenizer, last, built.base, built.baseline)
 
 

@@ -19,6 +19,7 @@ from tunelab.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from tunelab.train.pacing import keep_budget_plan
 from tunelab.train.session import Session
 
 MIB = 2**20
@@ -42,7 +43,10 @@ def save(session: Session, step: int, rng: dict[str, Any]) -> Path:
     from accelerate.utils import gather_object
 
     every_rng = gather_object([rng])
-    state = TrainingState(step, session.scheduler.state_dict(), every_rng, session.best or None)
+    budget = session.budget.to_dict() if session.budget is not None else None
+    state = TrainingState(
+        step, session.scheduler.state_dict(), every_rng, session.best or None, budget
+    )
     path = session.run.checkpoint(step)
     if session.accelerator.is_main_process:
         refuse_non_finite(session, step)
@@ -189,6 +193,7 @@ def _restore_state(session: Session, path: Path, state: TrainingState) -> None:
         )
     restore_rng(state.rng[rank % len(state.rng)])
     session.best = state.best or {}
+    keep_budget_plan(session, state.budget)
     session.resumed_from = session.saved_step = state.step
     if session.accelerator.is_main_process:
         dropped = session.run.truncate_metrics(state.step)

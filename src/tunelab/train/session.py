@@ -16,29 +16,62 @@ from tunelab.data.batching import Batch
 from tunelab.precision import autocast_mode
 from tunelab.run_dir import RunDir
 from tunelab.tasks.base import Batcher, Scorer
+from tunelab.train.budget import BudgetPlan
 from tunelab.train.progress import TrainDisplay
 
-SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+UNPLANNED = 10**9  # a budgeted run's total until its first steps are timed
 
 
 @dataclass
 class Plan:
-    """How many optimizer steps a run takes, from the data size and the batch settings."""
+    """How many optimizer steps a run takes, from the data size and the batch settings (or
+    from a time budget, once the first steps are timed); the schedule reads it every step."""
 
     micro_per_epoch: int
     grad_accum: int
     total_steps: int
+    warmup_ratio: float = 0.0
 
     def epoch_at(self, step: int) -> float:
         """Epochs completed after ``step`` optimizer steps."""
         return round(step * self.grad_accum / self.micro_per_epoch, 4)
 
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of linear warmup at the start of the plan."""
+        return math.ceil(self.warmup_ratio * self.total_steps)
+
 
 def plan_steps(num_samples: int, cfg: TrainConfig) -> Plan:
-    """Steps = max_steps, or epochs x micro-batches per epoch / accumulation, rounded up."""
+    """Steps = max_steps, or epochs x micro-batches per epoch / accumulation, rounded up; a
+    budgeted run starts unplanned (``train.budget``)."""
     micro_per_epoch = math.ceil(num_samples / cfg.batch_size)
-    total = cfg.max_steps or max(1, math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum))
-    return Plan(micro_per_epoch, cfg.grad_accum, total)
+    if cfg.budget is not None:
+        total = UNPLANNED
+    else:
+        total = cfg.max_steps or max(1, math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum))
+    return Plan(micro_per_epoch, cfg.grad_accum, total, cfg.warmup_ratio)
+
+
+def schedule_factor(kind: str, step: int, plan: Plan) -> float:
+    """The learning rate's share of its peak at ``step``: linear warmup, then the curve of
+    ``kind`` over the rest of the plan (the same formulas as transformers' schedulers)."""
+    warmup, total = plan.warmup_steps, plan.total_steps
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    if kind == "constant":
+        return 1.0
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    if kind == "linear":
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, plan: Plan) -> Any:
+    """A learning-rate schedule that follows ``plan`` even when it is planned again."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(kind, step, plan)
+    )
 
 
 @dataclass
@@ -66,6 +99,8 @@ class Session:
     saved_step: int | None = None  # the step of the newest checkpoint written or loaded
     nonfinite_steps: int = 0  # steps in a row with a non-finite loss or gradient
     zero_gradient_steps: int = 0  # steps in a row whose gradient was exactly zero
+    budget: BudgetPlan | None = None  # train.budget's plan and spending
+    timing: dict[str, float] = field(default_factory=dict)  # load, train, final-eval seconds
 
     def scored_at(self, step: int) -> Any:
         """The scorer's EvalResult of ``step``, if that was the last step scored; else None."""
@@ -114,24 +149,17 @@ def build_session(
     ``loss_module.model`` is the model with its adapter; ``loss_module(batch)`` returns the
     summed loss and the number of its terms; ``batcher`` turns samples into batches.
     """
-    from transformers import get_scheduler
-
     cfg = config.train
     plan = plan_steps(len(samples[0]), cfg)
     trainable = [p for p in loss_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
-    scheduler = get_scheduler(
-        SCHEDULERS[cfg.scheduler],
-        optimizer,
-        num_warmup_steps=math.ceil(cfg.warmup_ratio * plan.total_steps),
-        num_training_steps=plan.total_steps,
-    )
+    scheduler = build_scheduler(optimizer, cfg.scheduler, plan)
     if cfg.compile:
         loss_module = torch.compile(loss_module, dynamic=True)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     display = TrainDisplay(console, plan.total_steps, enabled=accelerator.is_main_process)
     train_samples, val_samples = samples
-    return Session(
+    session = Session(
         config,
         run,
         accelerator,
@@ -144,6 +172,9 @@ def build_session(
         batcher,
         display,
     )
+    if cfg.budget is not None:
+        session.budget = BudgetPlan(cfg.budget_seconds)
+    return session
 
 
 def log_metrics(session: Session, record: dict[str, Any]) -> None:

@@ -1,0 +1,88 @@
+"""Training for a time budget instead of a number of epochs.
+
+The run times its first steps, then plans the optimizer steps that fill what is left of the
+budget; the warmup and the learning-rate curve follow the plan (``session.Plan`` is read by
+the schedule at every step). Scoring every ``eval.select.every`` steps costs time too: the
+plan is made again after each scoring, from the measured cost of steps and scorings. If the
+machine slows down anyway, the run stops when the budget is spent and says so. Loading and
+the final evaluation are outside the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunelab.config import SCORINGS_PER_BUDGET
+from tunelab.durations import format_duration
+
+CALIBRATION_STEPS = 3  # timed after the first, whose one-off costs (allocation, caches) mislead
+
+
+@dataclass
+class BudgetPlan:
+    """The budget's state: saved in every checkpoint, so a resumed run keeps its plan."""
+
+    seconds: float
+    spent: float = 0.0  # seconds of the training loop so far (steps, scorings, saves)
+    planned_steps: int | None = None  # None until the first steps are timed
+    step_seconds: list[float] = field(default_factory=list)  # the steps timed (not the first)
+    scoring_seconds: list[float] = field(default_factory=list)
+    every: int | None = None  # steps between scorings, when the budget chose it
+    scorings_planned: int = 0  # scorings timed when the plan was last made
+    ended: str = ""  # why the run stopped before its plan, if it did
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the checkpoint's training state (recent timings only)."""
+        state = asdict(self)
+        state["step_seconds"] = self.step_seconds[-50:]
+        state["scoring_seconds"] = self.scoring_seconds[-10:]
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> BudgetPlan:
+        """The plan a checkpoint saved."""
+        return cls(**state)
+
+    @property
+    def remaining(self) -> float:
+        """Seconds of the budget not yet spent."""
+        return max(self.seconds - self.spent, 0.0)
+
+    @property
+    def spent_out(self) -> bool:
+        """Whether the loop has used the whole budget."""
+        return self.spent >= self.seconds
+
+    def cost_per_step(self, scoring_every: int | None) -> float:
+        """Mean seconds of a step, with its share of the scorings."""
+        steps = self.step_seconds or [0.0]
+        cost = sum(steps) / len(steps)
+        if scoring_every and self.scoring_seconds:
+            cost += sum(self.scoring_seconds) / len(self.scoring_seconds) / scoring_every
+        return max(cost, 1e-6)
+
+    def steps_that_fit(self, step: int, scoring_every: int | None) -> int:
+        """The plan's total steps: those done and those the rest of the budget pays for."""
+        return step + max(1, math.floor(self.remaining / self.cost_per_step(scoring_every)))
+
+
+def wants_plan(plan: BudgetPlan, step: int) -> bool:
+    """Whether ``step`` is the one after which the first plan is made."""
+    return plan.planned_steps is None and len(plan.step_seconds) >= CALIBRATION_STEPS
+
+
+def choose_scoring_interval(planned_steps: int) -> int:
+    """Steps between scorings for a budgeted run that did not set eval.select.every."""
+    return max(1, planned_steps // SCORINGS_PER_BUDGET)
+
+
+def describe(plan: BudgetPlan, steps: int) -> str:
+    """One line for the end of a run: planned against used, steps and time."""
+    planned = plan.planned_steps if plan.planned_steps is not None else steps
+    why = f" ({plan.ended})" if plan.ended else ""
+    return (
+        f"budget {format_duration(plan.seconds)}: {steps} of {planned} planned steps{why}, "
+        f"{format_duration(plan.spent)} of training"
+    )

@@ -1,0 +1,153 @@
+"""train.budget: durations, the schedule over a plan, planning from timed steps, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from conftest import alpaca_rows
+from train.test_train import tiny_config
+from tunelab.config import TrainConfig
+from tunelab.config_file import validate_config
+from tunelab.durations import format_duration, parse_duration
+from tunelab.train.advice import below_baseline_advice, loss_still_falling
+from tunelab.train.budget import BudgetPlan
+from tunelab.train.run import train
+from tunelab.train.session import Plan, build_scheduler, schedule_factor
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("1.5m", 90), ("45", 45)],
+)
+def test_durations_read_as_people_write_them(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10 min", "0s", "-5m", "m"])
+def test_a_bad_budget_is_refused_when_the_config_is_read(text: str) -> None:
+    with pytest.raises(ValidationError, match="expected a duration"):
+        TrainConfig(budget=text)
+
+
+def test_a_bare_number_in_yaml_is_seconds() -> None:
+    assert TrainConfig(budget=90).budget_seconds == 90
+    assert format_duration(592) == "9m52s" and format_duration(3720) == "1h02m"
+
+
+@pytest.mark.parametrize(("kind", "hf_kind"), [("cosine", "cosine"), ("linear", "linear")])
+def test_the_schedule_is_transformers_own_over_a_fixed_plan(kind: str, hf_kind: str) -> None:
+    from transformers import get_scheduler
+
+    plan = Plan(micro_per_epoch=10, grad_accum=1, total_steps=37, warmup_ratio=0.1)
+    mine, theirs = (torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5) for _ in range(2))
+    ours = build_scheduler(mine, kind, plan)
+    reference = get_scheduler(hf_kind, theirs, num_warmup_steps=4, num_training_steps=37)
+    for _ in range(40):
+        assert ours.get_last_lr() == reference.get_last_lr()  # exactly: the same formulas
+        ours.step()
+        reference.step()
+
+
+def test_the_schedule_follows_a_new_plan() -> None:
+    plan = Plan(micro_per_epoch=10, grad_accum=1, total_steps=10**9, warmup_ratio=0.05)
+    assert schedule_factor("cosine", 3, plan) < 1e-6  # unplanned: timing steps barely move
+    plan.total_steps = 100
+    assert schedule_factor("cosine", 3, plan) == 3 / 5
+    assert schedule_factor("cosine", 100, plan) == 0.0
+    assert schedule_factor("constant", 50, plan) == 1.0
+
+
+def test_the_plan_fills_what_is_left_with_steps_and_their_share_of_scorings() -> None:
+    plan = BudgetPlan(seconds=100, spent=10, step_seconds=[0.5, 0.5, 0.5])
+    assert plan.steps_that_fit(step=4, scoring_every=None) == 4 + 180
+    plan.scoring_seconds = [5.0]  # one scoring every 10 steps adds 0.5 s a step
+    assert plan.steps_that_fit(step=4, scoring_every=10) == 4 + 90
+    plan.spent = 120
+    assert plan.spent_out and plan.steps_that_fit(step=4, scoring_every=10) == 5
+
+
+def budget_config(qwen3_dir: Path, data: Path, out: Path, budget: str, **train: object) -> dict:
+    config = tiny_config(qwen3_dir, data, out, max_steps=None, budget=budget, save_every=2, **train)
+    config["train"]["keep_checkpoints"] = 100
+    return config
+
+
+def test_a_budgeted_run_plans_its_steps_and_ends_its_schedule_there(
+    qwen3_dir: Path, write_jsonl, tmp_path: Path
+) -> None:
+    data = write_jsonl(alpaca_rows(40))
+    config = validate_config(budget_config(qwen3_dir, data, tmp_path / "runs", "4s"), "test")
+    result = train(config)
+    run = tmp_path / "runs" / "run"
+    saved = json.loads((run / "results.json").read_text())
+    state = json.loads(
+        (sorted((run / "checkpoints").iterdir())[-1] / "trainer_state.json").read_text()
+    )
+    budget = state["budget"]
+    steps = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r]
+
+    assert budget["seconds"] == 4 and budget["planned_steps"] >= 4  # timed 3 steps, then planned
+    assert saved["budget"].startswith(f"budget 4s: {result.steps} of {budget['planned_steps']}")
+    assert set(saved["timing"]) == {"load_s", "train_s", "final_eval_s"}
+    assert any("eval_exact_match" in r for r in map(json.loads, (run / "metrics.jsonl").open()))
+    assert (run / "best").is_dir()  # it scored along the way and kept the best
+    if not budget["ended"]:  # it ran its plan to the end: the cosine reached zero there
+        assert result.steps == budget["planned_steps"] == steps[-1]["step"]
+        assert steps[-1]["lr"] == 0.0
+    else:
+        assert result.steps < budget["planned_steps"]
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan_and_a_larger_budget_extends_it(
+    qwen3_dir: Path, write_jsonl, tmp_path: Path
+) -> None:
+    data = write_jsonl(alpaca_rows(40))
+    raw = budget_config(qwen3_dir, data, tmp_path / "runs", "3s")
+    train(validate_config(raw, "test"))
+    run = tmp_path / "runs" / "run"
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    for newer in checkpoints[len(checkpoints) // 2 :]:
+        shutil.rmtree(newer)  # as if killed half way
+    middle = json.loads((checkpoints[len(checkpoints) // 2 - 1] / "trainer_state.json").read_text())
+    assert middle["budget"]["planned_steps"] is not None
+
+    resumed = train(validate_config(raw, "test"), resume=True)
+    after = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r]
+    first_resumed = next(r for r in after if r["step"] == middle["step"] + 1)
+    # the plan goes on: had it been made again, the first steps would be timing steps at lr ~0
+    assert first_resumed["lr"] > 1e-4
+    state = json.loads(
+        (sorted((run / "checkpoints").iterdir())[-1] / "trainer_state.json").read_text()
+    )
+    assert state["budget"]["spent"] >= middle["budget"]["spent"]  # the time spent carries over
+
+    raw["train"]["budget"] = "6s"
+    extended = train(validate_config(raw, "test"), resume=True)
+    assert extended.steps > resumed.steps
+
+
+def test_advice_below_the_baseline_names_what_the_run_saw(smollm_tokenizer) -> None:
+    from tunelab.scoring import EvalResult
+
+    rows = [{"input": "这家店的菜很好吃，服务也很周到"}] * 5
+    tuned = EvalResult("fine-tuned", "macro_f1", 0.70, {}, rows)
+    classic = EvalResult("tf-idf", "macro_f1", 0.78, {}, rows)
+    falling = [2.0 - 0.01 * i for i in range(100)]
+    advice = below_baseline_advice(tuned, classic, falling, 640, smollm_tokenizer)
+    assert advice is not None and "0.0800 macro_f1" in advice
+    assert "still falling" in advice and "640" in advice and "Chinese" in advice
+    flat = [1.0] * 100
+    assert loss_still_falling(falling) and not loss_still_falling(flat)
+    english = [{"input": "a fine film with a weak ending"}] * 5
+    quiet = below_baseline_advice(
+        EvalResult("fine-tuned", "macro_f1", 0.7, {}, english), classic, flat, 5000, None
+    )
+    assert quiet is not None and "still falling" not in quiet and "Chinese" not in quiet
+    ahead = EvalResult("fine-tuned", "macro_f1", 0.80, {}, rows)
+    assert below_baseline_advice(ahead, classic, falling, 640, smollm_tokenizer) is None
