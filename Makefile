@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the CPU build of torch; any other request pulls gigabytes of CUDA packages
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint format docs bench clean
+.PHONY: demo test test-tools llama-cpp gpu-check lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,26 @@ demo: $(STAMP)
 	$(BIN)/tunelab data build sentiment --output examples/sentiment/data --train-rows 640 --test-rows 200
 	$(BIN)/tunelab train examples/sentiment/config.yaml --overwrite
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/ruff check src tests bench examples docs
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/pytest
+
+# Go renders exported Modelfile templates in the tests with text/template, as Ollama does
+test-tools:
+	@command -v go >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go >/dev/null 2>&1; } || \
+	  echo "Go is not installed: the Modelfile tests will be skipped"
+
+# llama.cpp's Python binding (compiled from source, ~15 minutes on 2 cores): the exported
+# GGUF's real consumer in tests/use/test_export.py
+llama-cpp: $(STAMP)
+	$(BIN)/pip install llama-cpp-python
+
+# tunelab's GPU paths in one table (exits 2 without CUDA): bench/results/<date>-<gpu>-gpu-check.md
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check
+	$(BIN)/pytest -m gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples docs

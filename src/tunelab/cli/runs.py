@@ -186,6 +186,36 @@ def merge(
 
 
 @app.command()
+def export(
+    run: RunArgument,
+    output: Annotated[Path, typer.Option(help="The .gguf file to write.")],
+    format: Annotated[
+        str,
+        typer.Option(help="gguf: one GGUF file for llama.cpp; ollama: the GGUF and a Modelfile."),
+    ] = "gguf",
+    dtype: Annotated[str, typer.Option(help="Weights in the file: f16, bf16 or q8_0.")] = "f16",
+    checkpoint: CheckpointOption = None,
+) -> None:
+    """The run's model with its adapter folded in, as GGUF (tokenizer and chat template
+    inside), loaded back with transformers and compared before it is reported."""
+    prepare()
+    from tunelab.use.export import export_run
+
+    report = export_run(run, output, format, dtype, checkpoint)
+    console.print(
+        f"wrote {report['path']} ({report['architecture']}, {report['dtype']}, "
+        f"{report['tensors']} tensors, {report['vocab_size']:,} tokens, pre-tokenizer "
+        f"{report['pre_tokenizer']}, {report['bytes'] / 2**20:,.1f} MiB); loaded back: logits "
+        f"within {report['relative_logit_difference']:.1e} of the largest (allowed "
+        f"{report['allowed']:.1e}), same top token at {report['same_top_token']:.0%} of positions"
+    )
+    if "modelfile" in report:
+        console.print(
+            f"Ollama: {report['modelfile']}  (ollama create NAME -f {report['modelfile']})"
+        )
+
+
+@app.command()
 def serve(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to serve, by name.")],
     host: Annotated[
