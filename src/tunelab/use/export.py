@@ -18,8 +18,8 @@ FORMATS = ("gguf", "ollama")
 # the relative error of one stored weight: f16 and bf16 round to 11 and 8 significant bits,
 # q8_0 to a 1/127 step of its block's largest value (half a step at most: 1/254)
 UNIT_ERROR = {"f16": 2.0**-11, "bf16": 2.0**-8, "q8_0": 1 / 254}
-# logits move by the weights' relative error times a growth through the layers; measured
-# 0.3-1.5x unit error x sqrt(layers) on the embedded SmolLM2 and tiny Qwen3 / Llama models
+# logits move by the weights' relative error times a growth through the layers; measured on
+# the embedded SmolLM2 (30 layers): 0.56 (f16), 0.46 (bf16), 1.56 (q8_0) x u x sqrt(layers)
 GROWTH = 8.0
 PROBE_TEXTS = (
     "今天天气很好，我们去公园散步吧。",
