@@ -123,6 +123,7 @@ class LoraConfig(Section):
 
 SCORINGS_PER_BUDGET = 5  # how often a budgeted run scores when eval.select.every is not set
 BUDGET_PATIENCE = 3  # scorings without improvement that end a budgeted run early
+SCORING_SHARE = 0.15  # of a budget, the most its scorings along the way may take together
 
 
 class TrainConfig(Section):
@@ -136,8 +137,9 @@ class TrainConfig(Section):
         None,
         description="Train for this long instead of `epochs` (`90s`, `10m`, `2h`, `1h30m`): "
         "the run times its first steps, plans the steps that fill the budget (as many epochs "
-        "as fit) and lays the warmup and schedule over them; it scores "
-        f"{SCORINGS_PER_BUDGET} times along the way unless `eval.select.every` is set, keeps "
+        "as fit) and lays the warmup and schedule over them; it scores up to "
+        f"{SCORINGS_PER_BUDGET} times along the way, together at most "
+        f"{SCORING_SHARE:.0%} of the budget (or every `eval.select.every` steps), keeps "
         "the best in best/ and stops early after `eval.select.patience` scorings without "
         f"improvement ({BUDGET_PATIENCE} unless set). Loading and the final evaluation are "
         "outside the budget. A resumed run keeps its plan; a larger budget extends it.",

@@ -16,7 +16,7 @@ from tunelab.config import TrainConfig
 from tunelab.config_file import validate_config
 from tunelab.durations import format_duration, parse_duration
 from tunelab.train.advice import below_baseline_advice, loss_still_falling
-from tunelab.train.budget import BudgetPlan
+from tunelab.train.budget import BudgetPlan, choose_scoring_interval
 from tunelab.train.run import train
 from tunelab.train.session import Plan, build_scheduler, schedule_factor
 
@@ -66,10 +66,20 @@ def test_the_schedule_follows_a_new_plan() -> None:
 def test_the_plan_fills_what_is_left_with_steps_and_their_share_of_scorings() -> None:
     plan = BudgetPlan(seconds=100, spent=10, step_seconds=[0.5, 0.5, 0.5])
     assert plan.steps_that_fit(step=4, scoring_every=None) == 4 + 180
-    plan.scoring_seconds = [5.0]  # one scoring every 10 steps adds 0.5 s a step
-    assert plan.steps_that_fit(step=4, scoring_every=10) == 4 + 90
+    # before a scoring was timed, its estimate counts: 5 s every 10 steps adds 0.5 s a step
+    assert plan.steps_that_fit(step=4, scoring_every=10, scoring_estimate=5.0) == 4 + 90
+    plan.scoring_seconds = [2.5]  # then what it measured
+    assert plan.steps_that_fit(step=4, scoring_every=10, scoring_estimate=5.0) == 4 + 120
     plan.spent = 120
     assert plan.spent_out and plan.steps_that_fit(step=4, scoring_every=10) == 5
+
+
+def test_scorings_along_the_way_take_at_most_their_share_of_the_budget() -> None:
+    plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
+    # 580 s left: 15 % is 87 s; scorings of 40 s: two fit, spread over 3 stretches
+    assert choose_scoring_interval(plan, 4, scoring_estimate=40.0) == (580 - 80) // 5 // 3
+    assert choose_scoring_interval(plan, 4, scoring_estimate=1.0) == (580 - 5) // 5 // 6
+    assert choose_scoring_interval(plan, 4, scoring_estimate=100.0) == 0  # none is affordable
 
 
 def budget_config(qwen3_dir: Path, data: Path, out: Path, budget: str, **train: object) -> dict:

@@ -56,7 +56,11 @@ def data_check(
 @app.command("build")
 def data_build(
     name: Annotated[
-        str, typer.Argument(help="Data set to build: sentiment, xiehouyu or multitask.")
+        str,
+        typer.Argument(
+            help="Data set to build: sentiment (Chinese reviews, 2 labels), xiehouyu, "
+            "multitask, food-reviews (English, great/other) or tweets (English, 3 clients)."
+        ),
     ],
     output: Annotated[Path, typer.Option(help="Folder for train.jsonl and test.jsonl.")],
     train_rows: Annotated[

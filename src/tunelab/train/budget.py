@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunelab.config import SCORINGS_PER_BUDGET
+from tunelab.config import SCORING_SHARE, SCORINGS_PER_BUDGET
 from tunelab.durations import format_duration
 
 CALIBRATION_STEPS = 3  # timed after the first, whose one-off costs (allocation, caches) mislead
@@ -29,7 +29,7 @@ class BudgetPlan:
     planned_steps: int | None = None  # None until the first steps are timed
     step_seconds: list[float] = field(default_factory=list)  # the steps timed (not the first)
     scoring_seconds: list[float] = field(default_factory=list)
-    every: int | None = None  # steps between scorings, when the budget chose it
+    every: int | None = None  # steps between scorings when the budget chose it (0: none)
     scorings_planned: int = 0  # scorings timed when the plan was last made
     ended: str = ""  # why the run stopped before its plan, if it did
 
@@ -55,17 +55,29 @@ class BudgetPlan:
         """Whether the loop has used the whole budget."""
         return self.spent >= self.seconds
 
-    def cost_per_step(self, scoring_every: int | None) -> float:
-        """Mean seconds of a step, with its share of the scorings."""
+    @property
+    def step_cost(self) -> float:
+        """Mean seconds of a timed step."""
         steps = self.step_seconds or [0.0]
-        cost = sum(steps) / len(steps)
-        if scoring_every and self.scoring_seconds:
-            cost += sum(self.scoring_seconds) / len(self.scoring_seconds) / scoring_every
-        return max(cost, 1e-6)
+        return max(sum(steps) / len(steps), 1e-6)
 
-    def steps_that_fit(self, step: int, scoring_every: int | None) -> int:
+    def scoring_cost(self, estimate: float) -> float:
+        """Mean seconds of a scoring: measured once there was one, else ``estimate``."""
+        if self.scoring_seconds:
+            return sum(self.scoring_seconds) / len(self.scoring_seconds)
+        return estimate
+
+    def cost_per_step(self, scoring_every: int | None, scoring_estimate: float = 0.0) -> float:
+        """Mean seconds of a step, with its share of the scorings."""
+        share = self.scoring_cost(scoring_estimate) / scoring_every if scoring_every else 0.0
+        return self.step_cost + share
+
+    def steps_that_fit(
+        self, step: int, scoring_every: int | None, scoring_estimate: float = 0.0
+    ) -> int:
         """The plan's total steps: those done and those the rest of the budget pays for."""
-        return step + max(1, math.floor(self.remaining / self.cost_per_step(scoring_every)))
+        cost = self.cost_per_step(scoring_every, scoring_estimate)
+        return step + max(1, math.floor(self.remaining / cost))
 
 
 def wants_plan(plan: BudgetPlan, step: int) -> bool:
@@ -73,9 +85,16 @@ def wants_plan(plan: BudgetPlan, step: int) -> bool:
     return plan.planned_steps is None and len(plan.step_seconds) >= CALIBRATION_STEPS
 
 
-def choose_scoring_interval(planned_steps: int) -> int:
-    """Steps between scorings for a budgeted run that did not set eval.select.every."""
-    return max(1, planned_steps // SCORINGS_PER_BUDGET)
+def choose_scoring_interval(plan: BudgetPlan, step: int, scoring_estimate: float) -> int:
+    """Steps between scorings for a budgeted run that did not set eval.select.every: at most
+    SCORINGS_PER_BUDGET scorings, and together no more than SCORING_SHARE of the budget left,
+    spread evenly; 0 when even one would cost more than that share."""
+    affordable = math.floor(SCORING_SHARE * plan.remaining / max(scoring_estimate, 1e-6))
+    scorings = min(SCORINGS_PER_BUDGET, affordable)
+    if scorings < 1:
+        return 0
+    steps = math.floor((plan.remaining - scorings * scoring_estimate) / plan.step_cost)
+    return max(1, steps // (scorings + 1))
 
 
 def describe(plan: BudgetPlan, steps: int) -> str:

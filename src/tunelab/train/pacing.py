@@ -33,7 +33,7 @@ def scoring_every(session: Session) -> int | None:
     """Steps between scorings: eval.select.every, else the budget's choice."""
     every = session.config.eval.select.every
     if every is None and session.budget is not None:
-        return session.budget.every
+        return session.budget.every or None
     return every
 
 
@@ -78,12 +78,25 @@ def plan_budget(session: Session, step: int) -> int:
     """The total steps that fit the rest of the budget, at most train.max_steps."""
     budget = session.budget
     assert budget is not None
-    total = budget.steps_that_fit(step, scoring_every(session))
+    estimate = scoring_estimate(session)
     if budget.every is None and session.config.eval.select.every is None:
-        budget.every = choose_scoring_interval(total)
+        budget.every = choose_scoring_interval(budget, step, estimate)
+    total = budget.steps_that_fit(step, scoring_every(session), estimate)
     budget.scorings_planned = len(budget.scoring_seconds)
     max_steps = session.config.train.max_steps
     return min(total, max_steps) if max_steps else total
+
+
+def scoring_estimate(session: Session) -> float:
+    """Seconds one scoring should take before one was timed: a forward pass (about a third
+    of a training step's work) over the val rows, at the training steps' pace. Generating
+    answers costs more per row, but eval.max_rows scores fewer; the first scoring's measured
+    time replaces the estimate."""
+    budget = session.budget
+    assert budget is not None
+    rows = len(session.val_samples)
+    per_step = session.config.train.batch_size * session.config.train.grad_accum
+    return rows * budget.step_cost / per_step / 3
 
 
 def set_total(session: Session, total: int) -> None:
