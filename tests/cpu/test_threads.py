@@ -8,9 +8,9 @@ import sys
 
 PROBE = """
 import os, sys
-os.getloadavg = lambda: ({load}, 0.0, 0.0)
-from tunelab.cpu.threads import choose_wait_policy
-note = choose_wait_policy(training={training})
+import tunelab.cpu.threads as threads
+threads.busy_elsewhere = lambda: {load}
+note = threads.choose_wait_policy(training={training})
 print(os.environ.get("OMP_WAIT_POLICY"), "|", note)
 """
 
@@ -38,3 +38,17 @@ def test_training_spins_on_an_idle_machine_and_waits_passively_on_a_busy_one() -
 
 def test_the_users_own_setting_wins() -> None:
     assert probe(training=False, load=9.0, OMP_WAIT_POLICY="ACTIVE") == ("ACTIVE", "None")
+
+
+def test_the_busy_count_sees_processes_running_now() -> None:
+    from tunelab.cpu.threads import busy_elsewhere
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert busy_elsewhere() >= 2
+    finally:
+        for spinner in spinners:
+            spinner.kill()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 POLICY = "OMP_WAIT_POLICY"
 
@@ -30,13 +32,30 @@ def choose_wait_policy(training: bool) -> str | None:
     if not training:
         os.environ[POLICY] = "PASSIVE"
         return None
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = busy_elsewhere()
     cores = os.cpu_count() or 1
     if load < max(1.0, cores / 2):
         return None
     os.environ[POLICY] = "PASSIVE"
     return (
-        f"the machine is busy (load {load:.1f} on {cores} cores): OpenMP threads wait "
-        f"passively, which keeps steps from slowing many times over beside other work "
-        f"(set {POLICY} yourself to choose)"
+        f"the machine is busy ({load:g} other processes running on {cores} cores): OpenMP "
+        "threads wait passively, which keeps steps from slowing many times over beside "
+        f"other work (set {POLICY} yourself to choose)"
     )
+
+
+def busy_elsewhere(samples: int = 5, interval: float = 0.02) -> float:
+    """Other processes running or waiting for a core now: the fewest of a few looks at
+    /proc/loadavg's runnable count (a process that ran a moment ago, which the load average
+    still counts for a minute, does not; a passing one shows in a single look only). Where
+    there is no /proc: the 1-minute load average."""
+    counts = []
+    for index in range(samples):
+        try:
+            runnable = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        except (OSError, IndexError):
+            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        counts.append(max(int(runnable) - 1, 0))  # this process is one of them
+        if index < samples - 1:
+            time.sleep(interval)
+    return float(min(counts))
