@@ -60,29 +60,10 @@ def test_split_says_what_it_wrote_and_sample_can_take_what_there_is(tmp_path: Pa
     assert split.returncode == 0, split.stdout + split.stderr
     for name in ("train", "val", "test"):
         assert f"written to {tmp_path / 's' / f'{name}.jsonl'}" in " ".join(split.stdout.split())
-    short = tunelab(
-        "data",
-        "sample",
-        str(table),
-        "--labels",
-        "正常:3,违规:10",
-        "--label-column",
-        "n_labels",
-        "--output",
-        str(tmp_path / "x.jsonl"),
-    )
+    sample = ["data", "sample", str(table), "--labels", "正常:3,违规:10", "--label-column"]
+    sample += ["n_labels", "--output", str(tmp_path / "x.jsonl")]
+    short = tunelab(*sample)
     assert short.returncode == 2 and "--take-short" in short.stdout
-    taken = tunelab(
-        "data",
-        "sample",
-        str(table),
-        "--labels",
-        "正常:3,违规:10",
-        "--label-column",
-        "n_labels",
-        "--output",
-        str(tmp_path / "x.jsonl"),
-        "--take-short",
-    )
+    taken = tunelab(*sample, "--take-short")
     assert taken.returncode == 0, taken.stdout
     assert len((tmp_path / "x.jsonl").read_text().splitlines()) == 3 + 6

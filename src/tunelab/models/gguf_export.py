@@ -67,11 +67,10 @@ def write_gguf(
     model: Any, tokenizer: Any, output: Path, dtype: str, chat_template: str, name: str
 ) -> GgufSummary:
     """Write ``model`` (a plain transformers model, adapter already merged) with
-    ``tokenizer`` and ``chat_template`` to ``output`` atomically."""
+    ``tokenizer`` and ``chat_template`` to ``output`` atomically; ``dtype`` is one of DTYPES
+    (checked by the caller before the model is loaded)."""
     import gguf
 
-    if dtype not in DTYPES:
-        raise TunelabError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     config = model.config
     arch = gguf_architecture(config)
     _refuse_rope_scaling(config)
