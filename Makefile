@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the CPU build of torch; any other request pulls gigabytes of CUDA packages
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-tools llama-cpp gpu-check lint format docs bench clean
+.PHONY: demo test test-tools apt llama-cpp gpu-check lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,18 @@ test: $(STAMP) test-tools
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/pytest
 
-# Go renders exported Modelfile templates in the tests with text/template, as Ollama does
+# Go renders exported Modelfile templates in the tests with text/template, as Ollama does;
+# the studio's tests drive Debian's Chromium (Playwright's own browser download needs a network)
 test-tools:
-	@command -v go >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go >/dev/null 2>&1; } || \
+	@command -v go >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGE=golang-go || \
 	  echo "Go is not installed: the Modelfile tests will be skipped"
+	@test -x /usr/bin/chromium || $(MAKE) --no-print-directory apt PACKAGE=chromium || \
+	  echo "Chromium is not installed: the studio's browser tests will be skipped"
+
+apt:
+	@command -v apt-get >/dev/null 2>&1
+	@export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q $(PACKAGE) >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(PACKAGE) >/dev/null 2>&1; }
 
 # llama.cpp's Python binding (compiled from source, ~15 minutes on 2 cores): the exported
 # GGUF's real consumer in tests/use/test_export.py

@@ -34,7 +34,7 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
         source = str(path)
         raw = _read_yaml(path)
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     if path is not None:
         raw.setdefault("name", default_name(path.stem))
         _anchor_data_paths(raw, path.parent)
@@ -45,7 +45,7 @@ def plain_config(model: str, overrides: Sequence[str] = ()) -> RunConfig:
     """The default settings to use ``model`` outside a run (no training data)."""
     raw: dict[str, Any] = {"model": {"name": model}, "data": {"train": ["(none)"]}}
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     config = validate_config(raw, "--set")
     config.data.train = []
     return config
@@ -100,7 +100,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise TunelabError(f"--set {override!r}: expected key.path=value")

@@ -17,6 +17,8 @@ from typing import Any
 from tunelab.errors import TunelabError
 
 CHECKPOINT_PREFIX = "step-"
+# what a launcher (tunelab studio) writes before `tunelab train` starts, kept by a fresh start
+LAUNCH_FILES = ("launch.yaml", "launch.json", "train.log")
 # one folder name: letters (any script), digits, '.', '-', '_'; not starting with '.' or '-'
 FOLDER_NAME = re.compile(r"\w[\w.\-]*")
 MAX_NAME = 100
@@ -158,10 +160,10 @@ class RunDir:
         return self.root / "eval" / name
 
     def is_run(self) -> bool:
-        """Whether the directory is a tunelab run: it carries run.json (or, from before
-        run.json, a config.yaml beside checkpoints or metrics)."""
+        """Whether the directory is a tunelab run: it carries run.json or a launcher's
+        launch.json (or, from before run.json, a config.yaml beside checkpoints or metrics)."""
         legacy = self.config.is_file() and (self.checkpoints.is_dir() or self.metrics.is_file())
-        return self.record.is_file() or legacy
+        return self.record.is_file() or self.launch_record.is_file() or legacy
 
     def has_trained(self) -> bool:
         """Whether the run completed a step that was saved (a checkpoint or the adapter)."""
@@ -191,13 +193,38 @@ class RunDir:
                     "--overwrite to start again, or --set name=NEW for a new run"
                 )
             if not keep:
-                shutil.rmtree(self.root)
+                self.clear(keep=LAUNCH_FILES)
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise TunelabError(f"{self.root}: cannot create the run directory: {error}") from None
         if not self.record.is_file():
             write_json(self.record, {"tunelab": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def clear(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete everything in the run directory but the files named in ``keep``."""
+        for path in self.root.iterdir():
+            if path.name in keep and path.is_file():
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    @property
+    def launch_config(self) -> Path:
+        """The config a launcher wrote (tunelab studio): `tunelab train` repeats the run."""
+        return self.root / "launch.yaml"
+
+    @property
+    def launch_record(self) -> Path:
+        """The launcher's record of the process it started: pid, command, time."""
+        return self.root / "launch.json"
+
+    @property
+    def train_log(self) -> Path:
+        """Everything a launched `tunelab train` printed."""
+        return self.root / "train.log"
 
     def remove_unfinished_saves(self) -> list[str]:
         """Delete the staging folders a killed save left behind; returns their names."""
@@ -240,7 +267,9 @@ def write_json(path: Path, value: Any) -> None:
     no such numbers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(finite_json(value), ensure_ascii=False, indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    staging.write_text(text + "\n", encoding="utf-8")
+    os.replace(staging, path)  # a reader (the studio) never sees half a file
 
 
 def finite_json(value: Any) -> Any:

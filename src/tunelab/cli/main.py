@@ -13,11 +13,13 @@ from typing import Any
 from tunelab.cli import behavior, data
 from tunelab.cli.common import console
 from tunelab.cli.runs import app
+from tunelab.cli.studio import studio
 from tunelab.config_keys import RenamedKeyWarning
 from tunelab.errors import Interrupted, TunelabError
 
 app.add_typer(data.app, name="data")
 app.add_typer(behavior.app, name="behavior")
+app.command()(studio)
 
 
 def show_config_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:

@@ -7,8 +7,10 @@ loop -> adapter, eval loss and scores. The loop lives in loop.py, the ending in 
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from tunelab.config_file import dump_config
 from tunelab.cpu.attention import takes_sample_boundaries
 from tunelab.cpu.training import prepare_for_cpu_training
 from tunelab.data.prepare import write_rejects
+from tunelab.errors import Interrupted
 from tunelab.models.load import attach_lora, load_tokenizer, set_activation_checkpointing
 from tunelab.models.resolve import resolve_model
 from tunelab.precision import base_dtype, fallback_notice, resolve_precision
@@ -55,11 +58,31 @@ def train(
     started = time.perf_counter()
     built = build_run(config, resume, overwrite, console or Console())
     session = built.session
-    start = restore_latest(session) if resume and session.run.list_checkpoints() else 0
-    loaded = time.perf_counter()
-    last = run_loop(session, start)
-    session.timing = {"load_s": loaded - started, "train_s": time.perf_counter() - loaded}
-    return finish(built.session, built.tokenizer, last, built.base, built.baseline)
+    with recorded_status(session.run, session.accelerator.is_main_process):
+        start = restore_latest(session) if resume and session.run.list_checkpoints() else 0
+        loaded = time.perf_counter()
+        last = run_loop(session, start)
+        session.timing = {"load_s": loaded - started, "train_s": time.perf_counter() - loaded}
+        return finish(built.session, built.tokenizer, last, built.base, built.baseline)
+
+
+@contextmanager
+def recorded_status(run: RunDir, is_main: bool) -> Iterator[None]:
+    """run.json says whether the run is running, finished, interrupted or failed, so a
+    reader (the studio, after a restart too) knows without the process that wrote it."""
+    if not is_main:
+        yield
+        return
+    run.update_record(status="running", pid=os.getpid(), error=None)
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt) as error:
+        run.update_record(status="interrupted", error=str(error) or "interrupted")
+        raise
+    except BaseException as error:
+        run.update_record(status="failed", error=str(error) or type(error).__name__)
+        raise
+    run.update_record(status="finished", error=None)
 
 
 def build_run(

@@ -76,7 +76,7 @@ class DrainingServer(uvicorn.Server):
 def _api_key(host: str) -> str | None:
     """The key from the environment; required when the server listens beyond this machine."""
     key = os.environ.get(API_KEY_VARIABLE) or None
-    if key is None and not _loopback(host):
+    if key is None and not loopback(host):
         raise TunelabError(
             f"--host {host} listens beyond this machine: set {API_KEY_VARIABLE} to an API key "
             "first (clients send it as `Authorization: Bearer KEY`)"
@@ -84,7 +84,7 @@ def _api_key(host: str) -> str | None:
     return key
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
