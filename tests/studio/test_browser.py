@@ -4,6 +4,7 @@ user does, end to end, on a tiny model."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,29 @@ def test_launch_watch_stop_and_the_status_survives_reload_and_restart(
     assert run.launch_config.is_file() and "interrupted" in run_status(run)["status"]
     page.reload()
     page.wait_for_selector("h2 .status[data-status='interrupted']")
+    stopped_at = run.list_checkpoints()[-1].name
     with studio_process(workspace) as restarted:
         page.goto(f"http://127.0.0.1:{restarted}/#/runs")
         row = page.locator("#runs-table tr", has_text="watched")
         assert row.locator(".status").text_content() == "interrupted"
+        page.goto(f"http://127.0.0.1:{restarted}/#/run/watched")
+        page.click("#resume")
+        page.wait_for_selector("h2 .status[data-status='running']", timeout=120_000)
+        page.click("#stop")
+        page.wait_for_selector("h2 .status[data-status='interrupted']", timeout=120_000)
+    assert run.list_checkpoints()[-1].name > stopped_at, "resumed, trained on, saved again"
+    assert json.loads(run.launch_record.read_text())["command"][-1] == "--resume"
+
+
+def test_evaluate_and_merge_from_the_page(workspace: Path, studio: int, page: Any) -> None:
+    shutil.copytree(workspace / "runs" / "labels", workspace / "runs" / "labels-2")
+    page.goto(f"http://127.0.0.1:{studio}/#/run/labels-2")
+    page.click("#evaluate")
+    page.wait_for_selector("#eval-choice option[value='studio']", state="attached", timeout=180_000)
+    assert (workspace / "runs/labels-2/eval/studio/metrics.json").is_file()
+    page.click("#merge")
+    merged = workspace / "runs/labels-2/merged/config.json"
+    wait_for(merged.is_file, 180, "the merged model")
 
 
 def test_a_bad_value_shows_the_cli_message(workspace: Path, studio: int, page: Any) -> None:

@@ -30,6 +30,8 @@ from tunelab.studio.workspace import OutsideWorkspace, Workspace, run_status
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "tunelab_studio_token"
 POLL_S = 0.5
+# a change in any of these redraws the run page (a curve point does not)
+WATCHED_FIELDS = ("status", "score", "evaluations", "jobs_running", "error")
 EVENT_STREAM = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -143,15 +145,16 @@ def _add_data_routes(app: FastAPI, workspace: Workspace) -> None:
 
 
 async def _metric_events(run: Any, start: int, request: Request) -> AsyncIterator[str]:
-    """Every metrics line from ``start`` on, as it is written, and the status when it
-    changes; the event id is the line number, so a reconnecting page resumes there."""
+    """Every metrics line from ``start`` on, as it is written, and the run's summary when
+    its status, score, evaluations or jobs change; the event id is the line number, so a
+    reconnecting page resumes there."""
     line, last_status = start, None
     while not await request.is_disconnected():
         for record in read_metrics(run, line):
             line += 1
             yield f"id: {line}\nevent: metrics\ndata: {json.dumps(record)}\n\n"
         status = summary(run)
-        key = (status["status"], status["step"], status.get("score"))
+        key = json.dumps([status[k] for k in WATCHED_FIELDS], default=str)
         if key != last_status:
             last_status = key
             yield f"event: status\ndata: {json.dumps(status, ensure_ascii=False)}\n\n"

@@ -10,7 +10,7 @@ from typing import Any
 
 from tunelab.config_file import parse_yaml
 from tunelab.run_dir import RunDir
-from tunelab.studio.workspace import read_json, run_status
+from tunelab.studio.workspace import process_alive, read_json, run_status
 
 SHOWN_REJECTS = 200
 SHOWN_PREDICTIONS = 2000
@@ -49,6 +49,8 @@ def summary(run: RunDir) -> dict[str, Any]:
         "baseline": scores.get("TF-IDF+LR"),
         "tokens_per_s": results.get("tokens_per_s") or _last(steps, "tokens_per_s"),
         "best": results.get("best"),
+        "evaluations": evaluation_names(run),
+        "jobs_running": running_jobs(run),
     }
     if row["score"] is not None and row["baseline"] is not None:
         row["vs_baseline"] = round(row["score"] - row["baseline"], 4)
@@ -85,6 +87,12 @@ def detail(run: RunDir) -> dict[str, Any]:
         "log": log_tail(run),
         "jobs": read_json(run.root / "jobs.json"),
     }
+
+
+def running_jobs(run: RunDir) -> list[str]:
+    """The studio's background jobs on this run (evaluate, merge) still running."""
+    jobs = read_json(run.root / "jobs.json")
+    return sorted(job for job, record in jobs.items() if process_alive(record.get("pid")))
 
 
 def read_rejects(run: RunDir) -> list[dict[str, Any]]:

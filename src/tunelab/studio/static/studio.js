@@ -122,9 +122,10 @@ async function runView(name) {
     records.push(JSON.parse(event.data));
     if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; draw(); }); }
   });
+  const watched = (r) => JSON.stringify(["status", "score", "evaluations", "jobs_running", "error"].map((k) => r[k] ?? null));
   source.addEventListener("status", async (event) => {
     const status = JSON.parse(event.data);
-    if (status.status !== run.status || (status.score ?? null) !== (run.score ?? null)) {
+    if (watched(status) !== watched(run)) {
       try { run = await api(`/api/runs/${encodeURIComponent(name)}`); } catch (error) { return; }
       renderRunHeader(header, run);
       body.replaceChildren(chartGrid, ...runSections(run));
@@ -141,15 +142,16 @@ function renderRunHeader(header, run) {
     catch (error) { message.textContent = error.message; }
   };
   const active = run.status === "running" || run.status === "starting";
-  const finished = run.has_adapter && !active;
+  const busy = run.jobs_running.length > 0;
+  const finished = run.has_adapter && !active && !busy;
   header.replaceChildren(
     el("h2", {}, run.name, " ", statusBadge(run.status)),
     el("p", { class: "note" }, `${run.task} · ${run.model} · step ${run.step}`,
       run.score !== null && run.score !== undefined ? ` · ${run.metric} ${fmt(run.score)} (TF-IDF+LR ${fmt(run.baseline)})` : "",
-      run.error ? ` · ${run.error}` : ""),
+      run.error ? ` · ${run.error}` : "", busy ? ` · ${run.jobs_running.join(", ")} running…` : ""),
     el("div", { class: "actions" },
       el("button", { id: "stop", onclick: act("stop"), disabled: !active }, "Stop"),
-      el("button", { id: "resume", onclick: act("resume"), disabled: active || run.checkpoints.length === 0 || run.status === "finished" }, "Resume"),
+      el("button", { id: "resume", onclick: act("resume"), disabled: active || busy || run.checkpoints.length === 0 || run.status === "finished" }, "Resume"),
       el("button", { id: "evaluate", onclick: act("evaluate"), disabled: !finished }, "Evaluate"),
       el("button", { id: "merge", onclick: act("merge"), disabled: !finished }, "Merge"),
       el("a", { href: `#/chat/${encodeURIComponent(run.name)}` }, el("button", { disabled: !finished }, "Chat"))),
