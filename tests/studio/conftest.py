@@ -4,14 +4,18 @@ Playwright."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from studio_helpers import fill_workspace, studio_process, train_in
+from tunelab.studio.workspace import process_alive
 
 CHROMIUM = Path(os.environ.get("TUNELAB_TEST_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "studio"
@@ -61,6 +65,18 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def studio(workspace: Path) -> Iterator[int]:
     with studio_process(workspace) as port:
         yield port
+    stop_launched(workspace)
+
+
+def stop_launched(workspace: Path) -> None:
+    """Kill what the studio launched and a failed test left running (each in its own
+    session, so nothing else would stop it)."""
+    for record in [*workspace.glob("runs/*/launch.json"), *workspace.glob("runs/*/jobs.json")]:
+        found = json.loads(record.read_text())
+        for entry in found.values() if record.name == "jobs.json" else [found]:
+            if process_alive(entry.get("pid")):
+                with suppress(ProcessLookupError):
+                    os.killpg(entry["pid"], signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def long_run(name: str) -> dict[str, str]:
         "data.train": "data/labels.jsonl",
         "data.max_length": "64",
         "lora.r": "4",
-        "train.max_steps": "100000",
+        "train.budget": "3m",  # ends by itself should a failing test leave it running
         "train.batch_size": "4",
         "train.save_every": "100000",
         "eval.generation.max_new_tokens": "2",
@@ -196,7 +196,7 @@ def test_closing_the_page_neither_stops_nor_blocks_the_run(
     context = browser.new_context()
     page = context.new_page()
     page.goto(f"http://127.0.0.1:{studio}/#/new")
-    settings = {**long_run("unwatched"), "train.max_steps": "60", "train.log_every": "1"}
+    settings = {**long_run("unwatched"), "train.budget": "", "train.max_steps": "60"}
     fill_form(page, settings)
     page.wait_for_function(
         "document.querySelector('#yaml-preview').textContent.includes('unwatched')"

@@ -154,7 +154,7 @@ async def _metric_events(run: Any, start: int, request: Request) -> AsyncIterato
             line += 1
             yield f"id: {line}\nevent: metrics\ndata: {json.dumps(record)}\n\n"
         status = summary(run)
-        key = json.dumps([status[k] for k in WATCHED_FIELDS], default=str)
+        key = json.dumps([status.get(k) for k in WATCHED_FIELDS], default=str)
         if key != last_status:
             last_status = key
             yield f"event: status\ndata: {json.dumps(status, ensure_ascii=False)}\n\n"
