@@ -222,6 +222,11 @@ class RunDir:
         return self.root / "launch.json"
 
     @property
+    def jobs_record(self) -> Path:
+        """The launcher's background jobs on the run (evaluate, merge): pid, command, time."""
+        return self.root / "jobs.json"
+
+    @property
     def train_log(self) -> Path:
         """Everything a launched `tunelab train` printed."""
         return self.root / "train.log"

@@ -156,3 +156,19 @@ def test_launched_processes_keep_the_users_thread_settings(
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what the studio sets for itself
     assert "OMP_WAIT_POLICY" not in launch.child_environment()
     assert launch.child_environment()["PYTHONUNBUFFERED"] == "1"
+
+
+def test_a_followed_run_reads_each_whole_metrics_line_once(tmp_path: Path) -> None:
+    from tunelab.studio.app import _skip_lines
+    from tunelab.studio.runs import metrics_after
+
+    run = RunDir(tmp_path)
+    run.metrics.write_text('{"step": 1}\n{"step": 2}\n{"st', encoding="utf-8")
+    records, offset = metrics_after(run, 0)
+    assert records == [{"step": 1}, {"step": 2}], "the half-written line waits"
+    assert metrics_after(run, offset) == ([], offset)
+    with run.metrics.open("a", encoding="utf-8") as handle:
+        handle.write('ep": 3}\n')
+    assert metrics_after(run, offset)[0] == [{"step": 3}]
+    assert _skip_lines(run, 1) == (1, len('{"step": 1}\n'))  # a page reconnecting after line 1
+    assert _skip_lines(run, 9)[0] == 3

@@ -24,7 +24,14 @@ from tunelab.studio import launch
 from tunelab.studio.chat import ChatModels, chat_events
 from tunelab.studio.data_view import DATA_SUFFIXES, preview
 from tunelab.studio.form import field_errors, form_fields, raw_config
-from tunelab.studio.runs import detail, evaluation, read_metrics, summary
+from tunelab.studio.runs import (
+    detail,
+    evaluation,
+    metrics_after,
+    read_metrics,
+    summary,
+    watched_state,
+)
 from tunelab.studio.workspace import OutsideWorkspace, Workspace, run_status
 
 STATIC = Path(__file__).parent / "static"
@@ -145,20 +152,35 @@ def _add_data_routes(app: FastAPI, workspace: Workspace) -> None:
 
 
 async def _metric_events(run: Any, start: int, request: Request) -> AsyncIterator[str]:
-    """Every metrics line from ``start`` on, as it is written, and the run's summary when
+    """Every metrics line from line ``start`` on, as it is written, and the run's state when
     its status, score, evaluations or jobs change; the event id is the line number, so a
     reconnecting page resumes there."""
-    line, last_status = start, None
+    line, offset = _skip_lines(run, start)
+    last_state = None
     while not await request.is_disconnected():
-        for record in read_metrics(run, line):
+        records, offset = metrics_after(run, offset)
+        for record in records:
             line += 1
             yield f"id: {line}\nevent: metrics\ndata: {json.dumps(record)}\n\n"
-        status = summary(run)
-        key = json.dumps([status.get(k) for k in WATCHED_FIELDS], default=str)
-        if key != last_status:
-            last_status = key
-            yield f"event: status\ndata: {json.dumps(status, ensure_ascii=False)}\n\n"
+        state = watched_state(run)
+        key = json.dumps([state.get(k) for k in WATCHED_FIELDS], default=str)
+        if key != last_state:
+            last_state = key
+            yield f"event: status\ndata: {json.dumps(state, ensure_ascii=False)}\n\n"
         await asyncio.sleep(POLL_S)
+
+
+def _skip_lines(run: Any, lines: int) -> tuple[int, int]:
+    """(whole lines skipped, byte offset after them): where a reconnecting page resumes."""
+    skipped = offset = 0
+    if lines <= 0 or not run.metrics.is_file():
+        return skipped, offset
+    with run.metrics.open("rb") as handle:
+        for raw in handle:
+            if skipped == lines or not raw.endswith(b"\n"):
+                break
+            skipped, offset = skipped + 1, offset + len(raw)
+    return skipped, offset
 
 
 def _existing(workspace: Workspace, name: str) -> Any:

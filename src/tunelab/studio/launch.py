@@ -23,7 +23,8 @@ from tunelab.config import RunConfig
 from tunelab.config_file import validate_config
 from tunelab.errors import TunelabError
 from tunelab.run_dir import RunDir, write_json
-from tunelab.studio.workspace import RUNS_FOLDER, Workspace, process_alive, read_json, run_status
+from tunelab.studio.runs import running_jobs
+from tunelab.studio.workspace import RUNS_FOLDER, Workspace, read_json, run_status
 
 # the form's keys that name files: checked against the workspace, written relative to the run
 DATA_PATH_KEYS = ("train", "val")
@@ -130,7 +131,7 @@ def stop(workspace: Workspace, name: str) -> None:
 def start(workspace: Workspace, run: RunDir, arguments: list[str], job: str) -> int:
     """Start `python -m tunelab ARGUMENTS` detached from the studio; returns its pid."""
     command = [sys.executable, "-m", "tunelab", *arguments]
-    log = run.train_log if job == "train" else run.root / f"{job}.log"
+    log = log_path(run, job)
     environment = child_environment()
     with log.open("ab") as output:
         process = subprocess.Popen(
@@ -147,8 +148,7 @@ def start(workspace: Workspace, run: RunDir, arguments: list[str], job: str) -> 
     if job == "train":
         write_json(run.launch_record, record)
     else:
-        jobs = read_json(run.root / "jobs.json")
-        write_json(run.root / "jobs.json", {**jobs, job: record})
+        write_json(run.jobs_record, {**read_json(run.jobs_record), job: record})
     return process.pid
 
 
@@ -170,9 +170,9 @@ def _refuse_busy(run: RunDir) -> None:
     state = run_status(run)
     if state["status"] in ("running", "starting"):
         raise TunelabError(f"run {run.root.name!r} is {state['status']}: stop it first")
-    for job, record in read_json(run.root / "jobs.json").items():
-        if process_alive(record.get("pid")):
-            raise TunelabError(f"run {run.root.name!r} is busy: {job} is running")
+    busy = running_jobs(run)
+    if busy:
+        raise TunelabError(f"run {run.root.name!r} is busy: {', '.join(busy)} running")
 
 
 _children: list[subprocess.Popen[bytes]] = []

@@ -32,43 +32,62 @@ def run_config(run: RunDir) -> dict[str, Any]:
 
 def summary(run: RunDir) -> dict[str, Any]:
     """One row of the runs table (a local model named relative to the workspace)."""
-    config, results = run_config(run), read_json(run.results)
-    metrics = read_metrics(run)
-    steps = [r for r in metrics if "loss" in r]
-    scores = results.get("scores") or {}
+    config = run_config(run)
+    steps = [r for r in read_metrics(run) if "loss" in r]
     model = config.get("model")
+    state = watched_state(run)
+    results_speed = state.pop("results_tokens_per_s")
     row: dict[str, Any] = {
         "name": run.root.name,
-        **run_status(run),
+        **state,
         "task": config.get("task", "sft"),
         "model": _shown_model(run, model.get("name") if isinstance(model, dict) else model),
         "step": steps[-1]["step"] if steps else 0,
         "planned_steps": config.get("train", {}).get("max_steps"),
-        "metric": results.get("metric"),
-        "score": scores.get("fine-tuned"),
-        "baseline": scores.get("TF-IDF+LR"),
-        "tokens_per_s": results.get("tokens_per_s") or _last(steps, "tokens_per_s"),
-        "best": results.get("best"),
-        "evaluations": evaluation_names(run),
-        "jobs_running": running_jobs(run),
+        "tokens_per_s": results_speed or _last(steps, "tokens_per_s"),
     }
     if row["score"] is not None and row["baseline"] is not None:
         row["vs_baseline"] = round(row["score"] - row["baseline"], 4)
     return row
 
 
-def read_metrics(run: RunDir, after_line: int = 0) -> list[dict[str, Any]]:
-    """metrics.jsonl from line ``after_line`` on; a half-written last line is left for later."""
+def watched_state(run: RunDir) -> dict[str, Any]:
+    """What a followed run page redraws on: status, scores, evaluations, jobs (no curves)."""
+    results = read_json(run.results)
+    scores = results.get("scores") or {}
+    return {
+        **run_status(run),
+        "metric": results.get("metric"),
+        "score": scores.get("fine-tuned"),
+        "baseline": scores.get("TF-IDF+LR"),
+        "best": results.get("best"),
+        "evaluations": evaluation_names(run),
+        "jobs_running": running_jobs(run),
+        "results_tokens_per_s": results.get("tokens_per_s"),
+    }
+
+
+def read_metrics(run: RunDir) -> list[dict[str, Any]]:
+    """metrics.jsonl; a half-written last line is left for later."""
+    return metrics_after(run, 0)[0]
+
+
+def metrics_after(run: RunDir, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The metrics lines written from byte ``offset`` on, and the offset after the last whole
+    line: a page that follows a run reads each line once."""
     if not run.metrics.is_file():
-        return []
-    lines = run.metrics.read_text(encoding="utf-8").split("\n")
+        return [], offset
+    with run.metrics.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read()
+    whole = text[: text.rfind(b"\n") + 1]  # the part after the last newline may be unfinished
     records = []
-    for line in lines[after_line:-1]:  # the part after the last newline may be unfinished
+    for line in whole.decode("utf-8").splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
             records.append({})
-    return records
+    return records, offset + len(whole)
 
 
 def detail(run: RunDir) -> dict[str, Any]:
@@ -85,30 +104,19 @@ def detail(run: RunDir) -> dict[str, Any]:
         "results": read_json(run.results),
         "simulation": read_json(run.root / "eval" / "simulation" / "simulation.json"),
         "log": log_tail(run),
-        "jobs": read_json(run.root / "jobs.json"),
+        "jobs": read_json(run.jobs_record),
     }
 
 
 def running_jobs(run: RunDir) -> list[str]:
     """The studio's background jobs on this run (evaluate, merge) still running."""
-    jobs = read_json(run.root / "jobs.json")
+    jobs = read_json(run.jobs_record)
     return sorted(job for job, record in jobs.items() if process_alive(record.get("pid")))
 
 
 def read_rejects(run: RunDir) -> list[dict[str, Any]]:
     """The first rejected rows: file, line or row, field, reason."""
-    if not run.rejects.is_file():
-        return []
-    shown = []
-    with run.rejects.open(encoding="utf-8") as handle:
-        for line in handle:
-            if len(shown) >= SHOWN_REJECTS:
-                break
-            try:
-                shown.append(json.loads(line))
-            except ValueError:
-                continue
-    return shown
+    return first_records(run.rejects, SHOWN_REJECTS)
 
 
 def evaluation_names(run: RunDir) -> list[str]:
@@ -132,18 +140,21 @@ def evaluation(run: RunDir, name: str) -> dict[str, Any]:
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     """The first predictions of an evaluation, each with its status."""
+    return first_records(path, SHOWN_PREDICTIONS)
+
+
+def first_records(path: Path, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` JSON lines from the top of ``path`` (unreadable lines skipped)."""
     if not path.is_file():
         return []
-    rows = []
+    records: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as handle:
         for line in handle:
-            if len(rows) >= SHOWN_PREDICTIONS:
+            if len(records) >= limit:
                 break
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+            with suppress(ValueError):
+                records.append(json.loads(line))
+    return records
 
 
 def log_tail(run: RunDir) -> str:

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
 import uvicorn
 from rich.console import Console
 
-from tunelab.errors import TunelabError
 from tunelab.studio.app import create_studio
 from tunelab.studio.workspace import Workspace
-from tunelab.use.serve.server import loopback
+from tunelab.use.serve.server import secret_for_host
 
 TOKEN_VARIABLE = "TUNELAB_STUDIO_TOKEN"
 
 
 def studio_token(host: str) -> str | None:
     """The token from the environment; required when the studio listens beyond this machine."""
-    token = os.environ.get(TOKEN_VARIABLE) or None
-    if token is None and not loopback(host):
-        raise TunelabError(
-            f"--host {host} listens beyond this machine: set {TOKEN_VARIABLE} first "
-            "(open the page once as http://HOST:PORT/?token=TOKEN)"
-        )
-    return token
+    what = "a token first (open the page once as http://HOST:PORT/?token=TOKEN)"
+    return secret_for_host(TOKEN_VARIABLE, host, what)
 
 
 def run_studio(workspace: Workspace, host: str, port: int, console: Console) -> None:

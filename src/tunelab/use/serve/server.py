@@ -75,13 +75,18 @@ class DrainingServer(uvicorn.Server):
 
 def _api_key(host: str) -> str | None:
     """The key from the environment; required when the server listens beyond this machine."""
-    key = os.environ.get(API_KEY_VARIABLE) or None
-    if key is None and not loopback(host):
-        raise TunelabError(
-            f"--host {host} listens beyond this machine: set {API_KEY_VARIABLE} to an API key "
-            "first (clients send it as `Authorization: Bearer KEY`)"
-        )
-    return key
+    return secret_for_host(
+        API_KEY_VARIABLE, host, "an API key first (clients send it as `Authorization: Bearer KEY`)"
+    )
+
+
+def secret_for_host(variable: str, host: str, what: str) -> str | None:
+    """The secret in ``variable``; an error saying to set it (``what``) when ``host`` listens
+    beyond this machine and it is not set."""
+    secret = os.environ.get(variable) or None
+    if secret is None and not loopback(host):
+        raise TunelabError(f"--host {host} listens beyond this machine: set {variable} to {what}")
+    return secret
 
 
 def loopback(host: str) -> bool:
