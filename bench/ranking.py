@@ -2,10 +2,14 @@
 embedded model, with the top-k checked against scoring every candidate alone on a few rows.
 
     python -m bench.ranking [--candidates 2000] [--rows 10] [--depth 10]
+    python -m bench.ranking --run runs/NAME [--rows 10]
 
 The candidates look like a film catalogue (`观看电影 | Title (year)`): they share their first
-tokens, which is what made chunked scoring prune little. Prints a result line; run it with
-another tunelab source on PYTHONPATH to compare releases.
+tokens, which is what made chunked scoring prune little. On the base model (the first form)
+probability is spread over the whole catalogue, the hardest case; `--run` ranks a trained
+behaviour run's test prompts against its vocabulary of targets, as `tunelab behavior eval`
+does. Prints a result line; run it with another tunelab source on PYTHONPATH to compare
+releases.
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=10)
     parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--run", help="a behaviour run: its model, test prompts and targets")
     args = parser.parse_args()
+    if args.run:
+        trained_run(args.run, args.rows, args.depth)
+        return
     try:
         from tunelab.ranking import rank_candidates
     except ImportError:  # releases before tunelab.ranking
@@ -71,6 +79,40 @@ def main() -> None:
     print(
         f"{args.candidates} candidates, depth {args.depth}, {args.rows} rows: "
         f"{mean:.2f} s per row (min {min(seconds):.2f}, max {max(seconds):.2f})"
+    )
+
+
+def trained_run(run_root: str, rows: int, depth: int) -> None:
+    """Seconds per row and top-1 hits ranking a behaviour run's test rows."""
+    from pathlib import Path
+
+    from tunelab.behavior.llm import boundary_tokens, prompt_ids
+    from tunelab.behavior.samples import read_split
+    from tunelab.behavior.workflow import data_folder
+    from tunelab.use.open import open_run
+
+    folder, record = data_folder(Path(run_root))
+    test = read_split(folder, "test")[:rows]
+    opened = open_run(run_root)
+    if hasattr(opened, "merge_adapter"):  # releases before it ranked on the unmerged adapter
+        opened.merge_adapter()
+    candidates = [
+        f"{action} | {target}"
+        for action, targets in record["vocabulary"]["actions"].items()
+        for target in targets
+    ]
+    boundary = boundary_tokens(opened.tokenizer)
+    seconds, hits = [], 0
+    for row, prompt in zip(test, prompt_ids(opened.tokenizer, test), strict=True):
+        started = time.perf_counter()
+        ranked = opened.rank(prompt, candidates, boundary, depth)
+        seconds.append(time.perf_counter() - started)
+        hits += row["output"].startswith(ranked[0][0])
+        print(f"{seconds[-1]:.2f} s, top: {ranked[0][0]} ({ranked[0][1]:.3f})", flush=True)
+    print(
+        f"{run_root}: {len(candidates)} candidates, depth {depth}, {len(test)} rows: "
+        f"{sum(seconds) / len(seconds):.2f} s per row (min {min(seconds):.2f}, "
+        f"max {max(seconds):.2f}); top-1 hits {hits}/{len(test)}"
     )
 
 

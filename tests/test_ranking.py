@@ -32,7 +32,7 @@ def test_the_search_finds_the_exact_top_k_and_expands_a_fraction(qwen3_dir, qwen
     original = model.forward
 
     def counting(*args, **kwargs):
-        expanded.append(kwargs["input_ids"].shape[0])
+        expanded.append(kwargs["input_ids"].numel())
         return original(*args, **kwargs)
 
     model.forward = counting
@@ -48,4 +48,26 @@ def test_the_search_finds_the_exact_top_k_and_expands_a_fraction(qwen3_dir, qwen
         assert abs(score - exact) < 1e-4
     assert sorted(c for c, _ in ranked) == sorted(candidates)
     trie_nodes = len({tuple(t[:i]) for t in tokens for i in range(1, len(t) + 1)})
-    assert sum(expanded) - 1 < trie_nodes  # the prompt pass, then far from every branch
+    # tokens computed after the prompt (its first pass also takes the shared stem): far
+    # fewer than the trie's nodes, which scoring every branch would compute
+    assert sum(expanded) - len(prompt) < trie_nodes
+
+
+def test_eager_attention_takes_the_tree_mask_as_scores_to_add(qwen3_dir, qwen3_tok) -> None:
+    """The tree mask is boolean for SDPA and additive for eager attention: both rank alike."""
+    torch.manual_seed(0)
+    candidates = [f"访问网站 | site{i}.com" for i in range(40)] + ["启动应用 | QQ.exe"]
+    prompt = encode_prompt(qwen3_tok, [{"role": "user", "content": "下一个事件？"}])
+    boundary = [qwen3_tok.eos_token_id]
+    ranked = {}
+    for implementation in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(
+            qwen3_dir, attn_implementation=implementation
+        ).eval()
+        ranked[implementation] = rank_candidates(
+            model, qwen3_tok, prompt, candidates, boundary, depth=5, chunk=8
+        )
+    tokens = qwen3_tok(ranked["eager"][0][0], add_special_tokens=False)["input_ids"]
+    assert abs(ranked["eager"][0][1] - alone(model, prompt, tokens, boundary)) < 1e-4
+    for (name, score), (same, other) in zip(ranked["sdpa"][:5], ranked["eager"][:5], strict=True):
+        assert name == same and abs(score - other) < 1e-4

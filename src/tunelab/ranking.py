@@ -1,17 +1,20 @@
-"""Candidate answers ranked by the model's probability, by a best-first search over their
-token trie.
+"""Candidate answers ranked by the model's probability, by a search over their token trie.
 
 A candidate's score is log P(its tokens, then one of the ``boundary`` tokens | prompt). Every
-token can only lower a score, so a prefix's score bounds every candidate below it in the
-trie: expanding the best open prefix first, the first ``depth`` candidates that come out
-complete are exactly the top ``depth``, while branches that cannot reach them are never
-computed. The prompt runs once; each round expands the best open prefixes together, on
-copies of the prompt's key/value cache.
+token can only lower a score, so a prefix's score bounds every candidate below it: once
+``depth`` candidates are complete, a prefix scoring at or below the ``depth``-th of them
+cannot lead into the top ``depth`` and is never computed. A short beam search down the trie
+finds good candidates first, so that this threshold prunes from the start; then every open
+prefix above it is expanded, best first, many per forward pass.
+
+Every expanded prefix is one token of a single growing sequence after the prompt (tree
+attention): its key/value entries are computed once, and each new token attends to the
+prompt and to its own ancestors only, through a custom mask, at the position its path
+gives it. The prompt's cache is never copied.
 """
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 from collections.abc import Sequence
@@ -20,26 +23,30 @@ from typing import Any
 
 import torch
 
+from tunelab.cpu.attention import CPU_ATTENTION
 
-@dataclass
+SMALL_SUBTREE = 4  # candidates at most below a node whose whole subtree one pass computes
+
+
+@dataclass(eq=False)
 class _Node:
-    """A trie node: the token path to it, its children, the candidates that end here, and,
-    once expanded, the key/value entries of its own (last) token in every layer."""
+    """A trie node: the token path to it, its children, the candidates that end here and
+    every candidate at or below it; once expanded, where its token sits in the sequence."""
 
     path: tuple[int, ...]
     parent: _Node | None = None
     children: dict[int, _Node] = field(default_factory=dict)
     ends: list[int] = field(default_factory=list)
-    members: list[int] = field(default_factory=list)  # every candidate at or below
-    own: torch.Tensor | None = None  # (layers, 2, heads, dim): this token's keys and values
+    members: list[int] = field(default_factory=list)
+    slot: int | None = None
 
-    def path_entries(self) -> list[torch.Tensor]:
-        """The stored entries of the path's tokens before this node's own, in order."""
-        entries, node = [], self.parent
-        while node is not None and node.own is not None:
-            entries.append(node.own)
+    def ancestor_slots(self) -> list[int]:
+        """The sequence positions of the path's tokens before this node's own."""
+        slots, node = [], self.parent
+        while node is not None and node.slot is not None:
+            slots.append(node.slot)
             node = node.parent
-        return entries[::-1]
+        return slots
 
 
 def rank_candidates(
@@ -49,157 +56,216 @@ def rank_candidates(
     candidates: Sequence[str],
     boundary: Sequence[int],
     depth: int = 10,
-    chunk: int = 64,
+    chunk: int = 128,
 ) -> list[tuple[str, float]]:
     """Candidates by log P(candidate, then a ``boundary`` token | prompt), best first.
 
     The boundary (the end of the answer, or a separator after a field) stops a candidate
     that is a prefix of another from scoring as if it were the longer one. The first
     ``depth`` places are exact; the rest are ordered by the best bound the search reached
-    (an exact score where it got there). ``chunk`` prefixes are expanded per forward pass.
+    (an exact score where it got there). At most ``chunk`` prefixes go into one forward pass.
     """
-    root = _trie(tokenizer, candidates)
-    search = _Search(model, prompt, list(boundary), chunk)
-    exact = search.run(root, depth)
-    return _ordered(candidates, exact, search.bounds(root))
+    root = _shared_stem(_trie(tokenizer, candidates))
+    search = _Search(model, prompt, root.path, list(boundary), depth, max(chunk, 1))
+    search.run(root)
+    return _ordered(candidates, search.exact, search.bounds(root), depth)
 
 
 def _trie(tokenizer: Any, candidates: Sequence[str]) -> _Node:
     root = _Node(())
-    for index, text in enumerate(candidates):
+    for index, tokens in enumerate(_candidate_tokens(tokenizer, tuple(candidates))):
         node = root
         node.members.append(index)
-        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        for token in tokens:
             node = node.children.setdefault(token, _Node((*node.path, token), node))
             node.members.append(index)
         node.ends.append(index)
     return root
 
 
+def _shared_stem(root: _Node) -> _Node:
+    """The deepest node every candidate passes through: its path is computed with the
+    prompt, in one pass."""
+    node = root
+    while len(node.children) == 1 and not node.ends:
+        node = next(iter(node.children.values()))
+    return node
+
+
+def _small_subtree(node: _Node, few: int = SMALL_SUBTREE) -> list[_Node]:
+    """``node``, then, if at most ``few`` candidates lie below it, every node below it
+    (each after its parent)."""
+    if len(node.members) > few:
+        return [node]
+    rows, stack = [], [node]
+    while stack:
+        rows.append(stack.pop())
+        stack.extend(reversed(list(rows[-1].children.values())))
+    return rows
+
+
 class _Search:
-    """The best-first search: open prefixes and complete candidates in one heap."""
+    """Open prefixes in a heap by score; complete candidates with their exact scores."""
 
-    def __init__(self, model: Any, prompt: list[int], boundary: list[int], chunk: int) -> None:
-        self.model, self.boundary, self.chunk = model, boundary, chunk
+    def __init__(
+        self,
+        model: Any,
+        prompt: list[int],
+        stem: tuple[int, ...],
+        boundary: list[int],
+        depth: int,
+        chunk: int,
+    ) -> None:
+        self.model, self.boundary, self.depth, self.chunk = model, boundary, depth, chunk
         self.device = next(model.parameters()).device
-        self.prompt_length = len(prompt)
+        self.dtype = model.get_input_embeddings().weight.dtype
+        self.prompt_length = len(prompt)  # a node's position: this plus its path's length
+        sequence = torch.tensor([[*prompt, *stem]], device=self.device)
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+            out = model(input_ids=sequence, use_cache=True, logits_to_keep=len(stem) + 1)
+        logprobs = out.logits[0].float().log_softmax(-1).cpu()
+        self.stem_score = sum(float(logprobs[i, token]) for i, token in enumerate(stem))
+        self.first = logprobs[-1]
         self.cache = out.past_key_values
-        self.first = out.logits[0, -1].float().log_softmax(-1).cpu()
-        self.heap: list[tuple[float, int, Any, Any]] = []
+        self.length = sequence.shape[1]  # tokens in the sequence so far
+        self.visible = self.length  # the prompt and the stem: every token attends to them
+        self.open: list[tuple[float, int, _Node]] = []
         self.order = itertools.count()  # ties keep the order they were found in
-        self.open_scores: dict[tuple[int, ...], float] = {}
+        self.exact: dict[int, float] = {}
+        self.best: list[float] = []  # min-heap of the best ``depth`` exact scores
 
-    def run(self, root: _Node, depth: int) -> dict[int, float]:
-        """The exact scores of the best ``depth`` candidates (fewer if there are fewer)."""
-        self._open(root, 0.0, self.first)
-        exact: dict[int, float] = {}
-        while self.heap and len(exact) < depth:
-            negative, _, kind, item = heapq.heappop(self.heap)
-            if kind == "end":
-                exact[item] = -negative
-                continue
-            nodes = [(item, -negative), *self._more_nodes()]
-            for (node, score), logprobs in zip(nodes, self._expand(nodes), strict=True):
-                self._open(node, score, logprobs)
-        return exact
+    @property
+    def threshold(self) -> float:
+        """The score a prefix must beat to matter: the ``depth``-th best complete one."""
+        return self.best[0] if len(self.best) >= self.depth else float("-inf")
+
+    def run(self, root: _Node) -> None:
+        """Score candidates until the top ``depth`` are exact."""
+        beam = self._open(root, self.stem_score, self.first)
+        while beam and len(self.best) < self.depth:
+            beam = self._beam_step(beam)
+        while self.open and -self.open[0][0] > self.threshold:
+            nodes = []
+            while self.open and len(nodes) < self.chunk and -self.open[0][0] > self.threshold:
+                negative, _, node = heapq.heappop(self.open)
+                if node.slot is None:
+                    nodes.append((node, -negative))
+            if nodes:
+                self._expand_all(nodes)
 
     def bounds(self, root: _Node) -> dict[int, float]:
         """For each candidate the best bound the search reached on its path."""
         bound = {index: float("-inf") for index in root.members}
-        for negative, _, kind, item in self.heap:
-            members = [item] if kind == "end" else item.members
-            for index in members:
+        for negative, _, node in self.open:
+            for index in node.members:
                 bound[index] = max(bound[index], -negative)
         return bound
 
-    def _open(self, node: _Node, score: float, logprobs: torch.Tensor) -> None:
-        """Push ``node``'s children (scored with its next-token log-probabilities) and its
-        complete candidates (scored with the boundary)."""
+    def _beam_step(self, beam: list[tuple[_Node, float]]) -> list[tuple[_Node, float]]:
+        """Expand the best open children of the last step, as many as candidates are
+        still missing from the top (at least two)."""
+        width = max(self.depth - len(self.best), 2)
+        chosen = sorted(beam, key=lambda item: -item[1])[:width]
+        return self._expand_all(chosen)
+
+    def _expand_all(self, nodes: list[tuple[_Node, float]]) -> list[tuple[_Node, float]]:
+        """Expand ``nodes`` in one pass; returns the children opened and not expanded.
+
+        A pass with room left also takes the whole subtree of the best nodes that lead to
+        few candidates: a pass costs about as much as thirty more tokens in it, and such a
+        subtree would otherwise take a pass per level.
+        """
+        rows = [node for node, _ in nodes]
+        for node, _ in nodes:
+            below = _small_subtree(node)[1:]
+            if len(rows) + len(below) <= self.chunk:
+                rows += below
+        scores = dict(nodes)
+        opened = []
+        for node, logprobs in zip(rows, self._expand(rows), strict=True):
+            for child, child_score in self._open(node, scores[node], logprobs):
+                if child.slot is None:
+                    opened.append((child, child_score))
+                else:
+                    scores[child] = child_score
+        return opened
+
+    def _open(self, node: _Node, score: float, logprobs: torch.Tensor) -> list[tuple[_Node, float]]:
+        """Score ``node``'s complete candidates (with the boundary) and open its children
+        (with its next-token log-probabilities)."""
         if node.ends:
             end = score + float(torch.logsumexp(logprobs[self.boundary], 0))
             for index in node.ends:
-                heapq.heappush(self.heap, (-end, next(self.order), "end", index))
+                self.exact[index] = end
+                heapq.heappush(self.best, end)
+                if len(self.best) > self.depth:
+                    heapq.heappop(self.best)
+        children = []
         for token, child in node.children.items():
             child_score = score + float(logprobs[token])
-            heapq.heappush(self.heap, (-child_score, next(self.order), "node", child))
+            if child.slot is None:  # not computed in the same pass
+                heapq.heappush(self.open, (-child_score, next(self.order), child))
+            children.append((child, child_score))
+        return children
 
-    def _more_nodes(self) -> list[tuple[_Node, float]]:
-        """The next best open prefixes, to expand in the same pass."""
-        taken, held = [], []
-        while self.heap and len(taken) < self.chunk - 1:
-            negative, order, kind, item = heapq.heappop(self.heap)
-            if kind == "node":
-                taken.append((item, -negative))
-            else:
-                held.append((negative, order, kind, item))
-        for entry in held:
-            heapq.heappush(self.heap, entry)
-        return taken
-
-    def _expand(self, nodes: list[tuple[_Node, float]]) -> list[torch.Tensor]:
-        """The next-token log-probabilities after each node's path, in one forward pass of
-        one token per node: the path before it comes from its ancestors' stored entries."""
-        rows = [node for node, _ in nodes]
-        longest = max(len(node.path) - 1 for node in rows)
-        cache = self._cache_for(rows, longest)
-        ids = torch.tensor([[node.path[-1]] for node in rows], device=self.device)
-        mask = torch.zeros(len(rows), self.prompt_length + longest + 1, dtype=torch.long)
-        mask[:, : self.prompt_length] = 1
-        for row, node in enumerate(rows):  # the padding after a short path is masked out
-            mask[row, self.prompt_length : self.prompt_length + len(node.path) - 1] = 1
-        mask[:, -1] = 1
-        positions = torch.tensor([[self.prompt_length + len(n.path) - 1] for n in rows])
+    def _expand(self, rows: list[_Node]) -> list[torch.Tensor]:
+        """The next-token log-probabilities after each node's path: one forward pass that
+        appends each node's token to the sequence, attending to the prompt and its
+        ancestors (earlier in the sequence or in this pass)."""
+        count, before = len(rows), self.length
+        for row, node in enumerate(rows):
+            node.slot = before + row
+        mask = torch.zeros((1, 1, count, before + count), dtype=torch.bool)
+        mask[..., : self.visible] = True
+        for row, node in enumerate(rows):
+            mask[0, 0, row, [*node.ancestor_slots(), node.slot]] = True
+        ids = torch.tensor([[node.path[-1] for node in rows]], device=self.device)
+        positions = torch.tensor([[self.prompt_length + len(n.path) - 1 for n in rows]])
         with torch.no_grad():
             out = self.model(
                 input_ids=ids,
-                attention_mask=mask.to(self.device),
-                past_key_values=cache,
+                attention_mask=self._for_attention(mask),
+                past_key_values=self.cache,
                 position_ids=positions.to(self.device),
                 use_cache=True,
             )
-        layers = out.past_key_values.layers
-        # (layers, 2, rows, heads, dim): each row's new token, kept for its children
-        fresh = torch.stack(
-            [torch.stack([layer.keys[:, :, -1], layer.values[:, :, -1]]) for layer in layers]
-        )
-        for row, node in enumerate(rows):
-            node.own = fresh[:, :, row]
-        return list(out.logits[:, -1].float().log_softmax(-1).cpu())
+        self.cache = out.past_key_values
+        self.length += count
+        return list(out.logits[0].float().log_softmax(-1).cpu())
 
-    def _cache_for(self, rows: list[_Node], longest: int) -> Any:
-        """The prompt's cache repeated per row, each row's path entries after it, padded."""
-        cache = copy.deepcopy(self.cache)
-        if longest == 0:
-            for layer in cache.layers:
-                layer.keys = layer.keys.expand(len(rows), -1, -1, -1).contiguous()
-                layer.values = layer.values.expand(len(rows), -1, -1, -1).contiguous()
-            return cache
-        template = next(n.parent.own for n in rows if n.parent and n.parent.own is not None)
-        paths = torch.stack([_padded(node.path_entries(), longest, template) for node in rows])
-        # (rows, length, layers, 2, heads, dim) -> per layer (rows, heads, length, dim)
-        paths = paths.permute(2, 3, 0, 4, 1, 5)
-        for index, layer in enumerate(cache.layers):
-            prompt_keys = layer.keys.expand(len(rows), -1, -1, -1)
-            prompt_values = layer.values.expand(len(rows), -1, -1, -1)
-            layer.keys = torch.cat([prompt_keys, paths[index, 0]], dim=2)
-            layer.values = torch.cat([prompt_values, paths[index, 1]], dim=2)
-        return cache
+    def _for_attention(self, allowed: torch.Tensor) -> torch.Tensor:
+        """The mask as the model's attention takes it: SDPA reads a boolean mask as it is
+        (and keeps grouped heads grouped); the others add it to the scores."""
+        implementation = getattr(self.model.config, "_attn_implementation", "eager")
+        if implementation in ("sdpa", CPU_ATTENTION):
+            return allowed.to(self.device)
+        blocked = torch.finfo(self.dtype).min
+        additive = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill(~allowed, blocked)
+        return additive.to(self.device)
 
 
-def _padded(entries: list[torch.Tensor], width: int, like: torch.Tensor) -> torch.Tensor:
-    """A path's entries stacked to ``width`` tokens: (width, layers, 2, heads, dim)."""
-    padding = [like.new_zeros(like.shape)] * (width - len(entries))
-    return torch.stack([*entries, *padding])
+def _candidate_tokens(tokenizer: Any, candidates: tuple[str, ...]) -> list[list[int]]:
+    """Each candidate's tokens, remembered for the next row: an evaluation ranks the same
+    candidates after every prompt."""
+    key = (id(tokenizer), candidates)
+    if key not in _TOKENIZED:
+        _TOKENIZED.clear()
+        _TOKENIZED[key] = tokenizer(list(candidates), add_special_tokens=False)["input_ids"]
+    return _TOKENIZED[key]
+
+
+_TOKENIZED: dict[tuple[int, tuple[str, ...]], list[list[int]]] = {}
 
 
 def _ordered(
-    candidates: Sequence[str], exact: dict[int, float], bounds: dict[int, float]
+    candidates: Sequence[str], exact: dict[int, float], bounds: dict[int, float], depth: int
 ) -> list[tuple[str, float]]:
-    best = sorted(exact, key=lambda i: -exact[i])
-    rest = sorted((i for i in bounds if i not in exact), key=lambda i: -bounds[i])
-    return [(candidates[i], exact[i]) for i in best] + [(candidates[i], bounds[i]) for i in rest]
+    best = sorted(exact, key=lambda i: -exact[i])[:depth]
+    chosen = set(best)
+    rest = {i: max(bounds[i], exact.get(i, float("-inf"))) for i in bounds if i not in chosen}
+    return [(candidates[i], exact[i]) for i in best] + [
+        (candidates[i], rest[i]) for i in sorted(rest, key=lambda i: -rest[i])
+    ]
 
 
 def label_logprobs(

@@ -167,6 +167,7 @@ def model_predictions(
 
     started = time.perf_counter()
     opened = open_run(run_root, checkpoint)
+    opened.merge_adapter()
     model, tokenizer = opened.model, opened.tokenizer
     boundary = boundary_tokens(tokenizer)
     prompts = prompt_ids(tokenizer, rows)
