@@ -55,6 +55,21 @@ def test_generate_stream_and_rank_use_the_runs_template(tiny_run: Path) -> None:
         opened.classify(["很好"])
 
 
+def test_a_merged_adapter_ranks_as_the_adapter_did(tiny_run: Path) -> None:
+    from peft import PeftModel
+
+    opened = open_run(tiny_run)
+    prompt = encode_prompt(opened.tokenizer, CHAT, thinking=False)
+    candidates, end = ["好", "坏", "很好", "不好"], [opened.tokenizer.eos_token_id]
+    before = opened.rank(prompt, candidates, end, depth=4)
+    opened.merge_adapter()
+    assert not isinstance(opened.model, PeftModel)
+    after = opened.rank(prompt, candidates, end, depth=4)
+    # (W + s B A) x against W x + s B (A x): the same sums in another order, fp32 rounding
+    assert [c for c, _ in after] == [c for c, _ in before]
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(after, before, strict=True))
+
+
 def test_opening_what_is_not_there_says_what_to_give(tiny_run: Path, tmp_path: Path) -> None:
     with pytest.raises(TunelabError, match="neither a run directory"):
         open_run(tmp_path)
