@@ -68,9 +68,12 @@ def test_classify_gets_its_own_learning_rate_unless_one_is_given() -> None:
 
     head = validate_config({"task": "classify", "data": {"train": "t.csv"}}, "c")
     assert head.train.learning_rate == TASK_LEARNING_RATES["classify"] == 1e-3
+    assert head.train.learning_rate_steps == 160  # and lower for plans longer than that
     chosen = {"task": "classify", "data": {"train": "t.csv"}, "train": {"learning_rate": 5e-5}}
     assert validate_config(chosen, "c").train.learning_rate == 5e-5
-    assert validate_config({"data": {"train": "t.csv"}}, "c").train.learning_rate == 2e-4
+    assert validate_config(chosen, "c").train.learning_rate_steps is None  # as given
+    sft = validate_config({"data": {"train": "t.csv"}}, "c").train
+    assert sft.learning_rate == 2e-4 and sft.learning_rate_steps is None
 
 
 @pytest.mark.parametrize(("setting", "every"), [("false", 0), ("true", 1), ("3", 3), ("yes", 1)])

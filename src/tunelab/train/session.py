@@ -20,6 +20,7 @@ from tunelab.train.budget import BudgetPlan
 from tunelab.train.progress import TrainDisplay
 
 UNPLANNED = 10**9  # a budgeted run's total until its first steps are timed
+MIN_PEAK_SCALE = 0.2  # train.learning_rate_steps lowers the peak to a fifth at most
 
 
 @dataclass
@@ -31,6 +32,14 @@ class Plan:
     grad_accum: int
     total_steps: int
     warmup_ratio: float = 0.0
+    full_rate_steps: int | None = None  # train.learning_rate_steps
+
+    @property
+    def peak_scale(self) -> float:
+        """The share of the configured peak learning rate this plan's length allows."""
+        if self.full_rate_steps is None or self.total_steps <= self.full_rate_steps:
+            return 1.0
+        return max(MIN_PEAK_SCALE, self.full_rate_steps / self.total_steps)
 
     def epoch_at(self, step: int) -> float:
         """Epochs completed after ``step`` optimizer steps."""
@@ -50,13 +59,17 @@ def plan_steps(num_samples: int, cfg: TrainConfig) -> Plan:
         total = UNPLANNED
     else:
         total = cfg.max_steps or max(1, math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum))
-    return Plan(micro_per_epoch, cfg.grad_accum, total, cfg.warmup_ratio)
+    return Plan(micro_per_epoch, cfg.grad_accum, total, cfg.warmup_ratio, cfg.learning_rate_steps)
 
 
 def schedule_factor(kind: str, step: int, plan: Plan) -> float:
-    """The learning rate's share of its peak at ``step``: linear warmup, then the curve of
-    ``kind`` over the rest of the plan (the same formulas as transformers' schedulers)."""
-    warmup, total = plan.warmup_steps, plan.total_steps
+    """The learning rate's share of the configured peak at ``step``: linear warmup, then
+    the curve of ``kind`` over the rest of the plan (the same formulas as transformers'
+    schedulers), times the share the plan's length allows (``Plan.peak_scale``)."""
+    return plan.peak_scale * _curve(kind, step, plan.warmup_steps, plan.total_steps)
+
+
+def _curve(kind: str, step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return float(step) / float(max(1, warmup))
     if kind == "constant":
