@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.config import AnswerFormatConfig, EvalConfig
+from tunelab.config import EvalConfig
+from tunelab.config_eval import AnswerFormatConfig
 from tunelab.data.encode import encode_prompt
 from tunelab.data.formats import Example
 from tunelab.generate import AnswerFormat, GenerationOptions, generate_texts
