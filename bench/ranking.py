@@ -88,7 +88,7 @@ def trained_run(run_root: str, rows: int, depth: int) -> None:
 
     from tunelab.behavior.llm import boundary_tokens, prompt_ids
     from tunelab.behavior.samples import read_split
-    from tunelab.behavior.workflow import data_folder
+    from tunelab.behavior.workflow import candidate_events, data_folder
     from tunelab.use.open import open_run
 
     folder, record = data_folder(Path(run_root))
@@ -96,11 +96,7 @@ def trained_run(run_root: str, rows: int, depth: int) -> None:
     opened = open_run(run_root)
     if hasattr(opened, "merge_adapter"):  # releases before it ranked on the unmerged adapter
         opened.merge_adapter()
-    candidates = [
-        f"{action} | {target}"
-        for action, targets in record["vocabulary"]["actions"].items()
-        for target in targets
-    ]
+    candidates = candidate_events(record["vocabulary"])
     boundary = boundary_tokens(opened.tokenizer)
     seconds, hits = [], 0
     for row, prompt in zip(test, prompt_ids(opened.tokenizer, test), strict=True):

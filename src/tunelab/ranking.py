@@ -15,6 +15,7 @@ gives it. The prompt's cache is never copied.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Sequence
@@ -129,6 +130,8 @@ class _Search:
         self.cache = out.past_key_values
         self.length = sequence.shape[1]  # tokens in the sequence so far
         self.visible = self.length  # the prompt and the stem: every token attends to them
+        implementation = getattr(model.config, "_attn_implementation", "eager")
+        self.boolean_mask = implementation in ("sdpa", CPU_ATTENTION)
         self.open: list[tuple[float, int, _Node]] = []
         self.order = itertools.count()  # ties keep the order they were found in
         self.exact: dict[int, float] = {}
@@ -236,25 +239,17 @@ class _Search:
     def _for_attention(self, allowed: torch.Tensor) -> torch.Tensor:
         """The mask as the model's attention takes it: SDPA reads a boolean mask as it is
         (and keeps grouped heads grouped); the others add it to the scores."""
-        implementation = getattr(self.model.config, "_attn_implementation", "eager")
-        if implementation in ("sdpa", CPU_ATTENTION):
+        if self.boolean_mask:
             return allowed.to(self.device)
         blocked = torch.finfo(self.dtype).min
         additive = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill(~allowed, blocked)
         return additive.to(self.device)
 
 
+@functools.lru_cache(maxsize=1)  # an evaluation ranks the same candidates after every prompt
 def _candidate_tokens(tokenizer: Any, candidates: tuple[str, ...]) -> list[list[int]]:
-    """Each candidate's tokens, remembered for the next row: an evaluation ranks the same
-    candidates after every prompt."""
-    key = (id(tokenizer), candidates)
-    if key not in _TOKENIZED:
-        _TOKENIZED.clear()
-        _TOKENIZED[key] = tokenizer(list(candidates), add_special_tokens=False)["input_ids"]
-    return _TOKENIZED[key]
-
-
-_TOKENIZED: dict[tuple[int, tuple[str, ...]], list[list[int]]] = {}
+    """Each candidate's tokens, in one batch call."""
+    return tokenizer(list(candidates), add_special_tokens=False)["input_ids"]
 
 
 def _ordered(

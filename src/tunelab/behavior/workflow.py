@@ -14,7 +14,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tunelab.behavior.baselines import baselines, ranked_apps, ranked_keys
-from tunelab.behavior.events import EventColumns, EventLog, fetch_activitywatch, read_events
+from tunelab.behavior.events import (
+    FIELD_SEPARATOR,
+    EventColumns,
+    EventLog,
+    fetch_activitywatch,
+    read_events,
+)
 from tunelab.behavior.samples import (
     BuildOptions,
     build_samples,
@@ -93,6 +99,15 @@ def build(log: EventLog, options: BuildOptions, output: Path, console: Console) 
         console.print(f"left out by --max-* caps: {record['left_out_by_caps']}")
     console.print(f"written to {output}")
     return record
+
+
+def candidate_events(vocabulary: dict[str, Any]) -> list[str]:
+    """Every `action | target` of a build's vocabulary: what ranking orders."""
+    return [
+        f"{action}{FIELD_SEPARATOR}{target}"
+        for action, targets in vocabulary["actions"].items()
+        for target in targets
+    ]
 
 
 def data_folder(run_root: Path) -> tuple[Path, dict[str, Any]]:
@@ -178,11 +193,7 @@ def model_predictions(
     )
     with console.status(f"generating {len(rows)} answers"):
         answers = predict_events(model, tokenizer, prompts, grammar)
-    candidates = [
-        f"{action} | {target}"
-        for action, targets in record["vocabulary"]["actions"].items()
-        for target in targets
-    ]
+    candidates = candidate_events(record["vocabulary"])
     rankings = []
     ranking_started = time.perf_counter()
     every = max(1, len(prompts) // 10)  # a piped run prints ten progress lines
