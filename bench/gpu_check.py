@@ -190,7 +190,8 @@ VARIANTS = {
 
 def in_subprocess(kind: str, *args: object) -> dict:
     """Run one variant in a fresh process; its JSON line, or the error it ended with."""
-    command = [sys.executable, "-m", "bench.gpu_check", "--variant", kind, json.dumps(args)]
+    arguments = json.dumps(args, default=str)
+    command = [sys.executable, "-m", "bench.gpu_check", "--variant", kind, arguments]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, cwd=BENCH_DIR.parent, timeout=VARIANT_TIMEOUT_S

@@ -134,8 +134,15 @@ class Session:
 def build_accelerator(precision: str) -> Any:
     """An Accelerator for the run's resolved precision (CPU when there is no GPU)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     mode = autocast_mode(precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mode:
+        # accelerate keeps one precision per process and refuses another; a process that trains
+        # several runs (the studio, the Python API, a test session) starts each afresh. The
+        # distributed state (PartialState) is kept.
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mode, cpu=not torch.cuda.is_available())
 
 
