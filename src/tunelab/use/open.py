@@ -178,9 +178,7 @@ def open_run(
     model = task.load_base(model_dir, config, labels, tokenizer, base_dtype(chosen))
     if adapter is not None:
         model = load_adapter(model, adapter)
-    if chosen == "bf16" and not torch.cuda.is_available():
-        bf16_frozen_matmuls(model)
-    model.eval()
+    model = _placed(model, chosen)
     return OpenedRun(run, config, model, tokenizer, chosen, labels, adapter)
 
 
@@ -196,7 +194,15 @@ def open_model(spec: str, precision: str | None = None, overrides: Sequence[str]
     model_dir = resolve_model(config.model)
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
     model = load_causal_lm(model_dir, config.model, base_dtype(chosen))
-    if chosen == "bf16" and not torch.cuda.is_available():
+    return OpenedRun(RunDir(path), config, _placed(model, chosen), tokenizer, chosen, [], None)
+
+
+def _placed(model: Any, precision: str) -> Any:
+    """The model in eval mode where it runs best: on the GPU when there is one (a 4-bit base
+    is already there), else on the CPU with bf16 frozen matmuls when bf16 was chosen."""
+    if torch.cuda.is_available():
+        if next(model.parameters()).device.type != "cuda":
+            model = model.to("cuda")
+    elif precision == "bf16":
         bf16_frozen_matmuls(model)
-    model.eval()
-    return OpenedRun(RunDir(path), config, model, tokenizer, chosen, [], None)
+    return model.eval()
