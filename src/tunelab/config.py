@@ -97,6 +97,12 @@ class LoraConfig(Section):
         min_length=1,
         description="`all-linear` or module names such as [q_proj, v_proj].",
     )
+    last_layers: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="Adapt only the last N transformer layers (unset: all). Backward stops "
+        "below them, so a step costs less: with half the layers, about a sixth less.",
+    )
 
 
 SCORINGS_PER_BUDGET = 5  # how often a budgeted run scores when eval.select.every is not set

@@ -121,6 +121,29 @@ def test_lora_targets_all_linear_layers_and_freezes_the_base(qwen3_dir: Path) ->
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
+def test_lora_on_the_last_layers_only_keeps_backward_out_of_the_others(qwen3_dir: Path) -> None:
+    from tunelab.config import LoraConfig
+
+    base = load_causal_lm(qwen3_dir, ModelConfig(name=str(qwen3_dir)), torch.float32)
+    model = attach_lora(base, LoraConfig(r=2, last_layers=1))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    }  # fmt: skip
+    assert all(".layers.1." in n for n in trainable)
+    outputs = {}
+    for index, layer in enumerate(model.get_base_model().model.layers):
+        layer.register_forward_hook(lambda _m, _i, out, index=index: outputs.update({index: out}))
+    model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    first, last = (o[0] if isinstance(o, tuple) else o for o in (outputs[0], outputs[1]))
+    assert not first.requires_grad and last.requires_grad
+    with pytest.raises(TunelabError, match=r"lora\.last_layers: 3, but this model has 2 layers"):
+        attach_lora(
+            load_causal_lm(qwen3_dir, ModelConfig(name=str(qwen3_dir)), torch.float32),
+            LoraConfig(r=2, last_layers=3),
+        )
+
+
 @pytest.mark.slow
 def test_embedded_gguf_converts_once_and_answers_like_the_gguf(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer

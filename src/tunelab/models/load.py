@@ -4,6 +4,7 @@ activation checkpointing."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from inspect import signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,9 +99,10 @@ def attach_lora(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=_targets(model, lora),
         task_type=task_type,
         modules_to_save=modules_to_save,
+        layers_to_transform=_last_layers(model, lora.last_layers),
     )
     try:
         return get_peft_model(model, peft_config)
@@ -112,6 +114,30 @@ def attach_lora(
             f"lora.target_modules: {lora.target_modules} are not layers of this model; its "
             f"linear layers are {sorted(linear)} (or use all-linear)"
         ) from None
+
+
+def _targets(model: PreTrainedModel, lora: LoraConfig) -> str | list[str]:
+    """``lora.target_modules``; with ``last_layers``, `all-linear` spelt out as the names of
+    the linear layers inside the numbered blocks (peft takes no layer range with a string)."""
+    if lora.last_layers is None or lora.target_modules != "all-linear":
+        return lora.target_modules
+    in_blocks = re.compile(r"\.\d+\.")
+    names = {
+        n.rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if _is_linear(m) and in_blocks.search(n)
+    }
+    return sorted(names)
+
+
+def _last_layers(model: PreTrainedModel, count: int | None) -> list[int] | None:
+    """The indices of the model's last ``count`` layers (None: every layer)."""
+    if count is None:
+        return None
+    total = model.config.num_hidden_layers
+    if count > total:
+        raise TunelabError(f"lora.last_layers: {count}, but this model has {total} layers")
+    return list(range(total - count, total))
 
 
 def _is_linear(module: nn.Module) -> bool:
