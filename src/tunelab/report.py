@@ -105,7 +105,13 @@ def write_eval(folder: Path, result: Any, history: Sequence[dict[str, Any]] = ()
     with (folder / "predictions.csv").open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(result.rows)
+        writer.writerows(
+            {
+                k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v
+                for k, v in row.items()
+            }
+            for row in result.rows
+        )
     notes, keys = plot_eval(folder, result, history)
     notes = [*getattr(result, "notes", []), *notes]
     (folder / "report.md").write_text(eval_markdown(result, keys, notes), encoding="utf-8")
@@ -258,7 +264,9 @@ def print_comparison(console: Console, results: Sequence[Any]) -> None:
     """Models side by side, per task, on the same rows, with the fine-tuned model's gap to
     each other column (the base model, the classic baseline)."""
     tuned = next((i for i, r in enumerate(results) if r.name == "fine-tuned"), len(results) - 1)
-    others = [i for i in range(len(results)) if i != tuned]
+    others = [
+        i for i in range(len(results)) if i != tuned and getattr(results[i], "gap_shown", True)
+    ]
     rows = len(results[tuned].rows) or next(iter(results[tuned].tasks.values()), {}).get("rows", 0)
     per_task = list(results[tuned].tasks) != ["all"]  # a single-task set needs no task column
     table = Table(title=f"evaluation ({rows} rows)", title_justify="left")

@@ -63,6 +63,7 @@ class EvalResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     loss: float | None = None  # the training loss on these rows, where the scoring gives it
     notes: list[str] = field(default_factory=list)  # what the user should know about it
+    gap_shown: bool = True  # whether tables show the fine-tuned model's gap to this one
 
     def summary(self) -> dict[str, Any]:
         """Everything but the rows (metrics.json)."""

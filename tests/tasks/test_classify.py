@@ -172,6 +172,11 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     report = metrics["tasks"]["all"]["classification"]
     assert set(report["per_class"]) == {"正面", "负面"} and len(report["confusion"]["matrix"]) == 2
     assert result.metric == "macro_f1" and 0.0 <= result.scores["fine-tuned"] <= 1.0
+    # the ensemble with the baseline is one more figure beside the model's own
+    assert list(result.scores) == ["fine-tuned", "TF-IDF+LR", "ensemble"]
+    mixed = [json.loads(line) for line in (run / "eval" / "ensemble" / "predictions.jsonl").open()]
+    assert len(mixed) == metrics["tasks"]["all"]["rows"]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in mixed)
     assert (run / "eval" / "final" / "confusion_all.png").exists()
     assert result.best is not None and (run / "best" / "adapter_config.json").exists()
     base = AutoModelForSequenceClassification.from_pretrained(qwen3_dir, num_labels=2)
@@ -213,6 +218,7 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
         timeout=300,
     )
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    assert "ensemble" in evaluated.stdout and "vs ensemble" not in evaluated.stdout
     again = json.loads((run / "eval" / "again" / "metrics.json").read_text())
     assert again["score"] == metrics["score"]  # the same rows and adapter give the same macro-F1
 

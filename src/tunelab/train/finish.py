@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from tunelab.baseline import ensemble
 from tunelab.metrics import perplexity
 from tunelab.report import write_eval
 from tunelab.run_dir import write_json
@@ -80,9 +81,8 @@ def finish(
             for note in write_eval(run.eval_dir("final"), tuned, run.read_metrics()):
                 session.display.console.print(f"[yellow]{note}[/yellow]")
             classic = baseline() if baseline is not None else None
-            if classic is not None:
-                write_eval(run.eval_dir("baseline"), classic)
-            result.evaluations = [r for r in (base, tuned, classic) if r is not None]
+            result.evaluations = [base, tuned, *_beside(run, tuned, classic)]
+            result.evaluations = [r for r in result.evaluations if r is not None]
             result.metric = tuned.metric
             result.scores = {r.name: r.score for r in result.evaluations}
             result.advice = below_baseline_advice(
@@ -100,6 +100,15 @@ def finish(
         saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
         write_json(run.results, saved)
         return result
+
+
+def _beside(run: Any, tuned: EvalResult, classic: Any) -> list[EvalResult]:
+    """The classic baseline and the ensemble with it (where there is one), written into the
+    run's eval folder."""
+    shown = [r for r in (classic, ensemble(tuned, classic)) if r is not None]
+    for result in shown:
+        write_eval(run.eval_dir("baseline" if result is classic else "ensemble"), result)
+    return shown
 
 
 def final_evaluation(session: Session, steps: int) -> EvalResult | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tunelab.baseline import ensemble
 from tunelab.config_file import load_config, plain_config
 from tunelab.errors import TunelabError
 from tunelab.report import print_comparison, write_eval
@@ -57,7 +58,8 @@ def run_eval(
         results.append(result)
         del opened
     classic = task.classic(config, data) if config.data.train else None
-    results += [classic] if classic is not None else []
+    mixed = ensemble(results[-1], classic)
+    results += [r for r in (classic, mixed) if r is not None]
     print_comparison(console, results)
     if rows is not None and rows.skipped:
         console.print(f"{rows.skipped} rows skipped (no text, no label or an unknown label)")

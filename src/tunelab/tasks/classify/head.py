@@ -187,6 +187,9 @@ def evaluate_classifier(
             "prediction": guess,
             "status": "correct" if guess == reference else "wrong",
             "probability": round(float(p.max()), 4),
+            "probabilities": {
+                label: round(float(q), 4) for label, q in zip(labels, p, strict=True)
+            },
         }
         for text, reference, guess, p in zip(
             split.texts, references, predicted, probabilities, strict=True
