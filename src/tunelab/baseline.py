@@ -119,10 +119,10 @@ def ensemble(tuned: EvalResult | None, classic: EvalResult | None) -> EvalResult
     """The mean of the fine-tuned model's and the baseline's class probabilities, row by row
     (`ensemble`): one more column, never in place of the model's own figure. None unless both
     scored the same rows with probabilities (a class head; generated labels have none)."""
-    if tuned is None or classic is None or not tuned.rows:
+    if tuned is None or classic is None or not tuned.rows or len(tuned.rows) != len(classic.rows):
         return None
-    pairs = list(zip(tuned.rows, classic.rows, strict=False))
-    if len(tuned.rows) != len(classic.rows) or any(
+    pairs = list(zip(tuned.rows, classic.rows, strict=True))
+    if any(
         "probabilities" not in a or "probabilities" not in b or a["input"] != b["input"]
         for a, b in pairs
     ):

@@ -81,8 +81,8 @@ def finish(
             for note in write_eval(run.eval_dir("final"), tuned, run.read_metrics()):
                 session.display.console.print(f"[yellow]{note}[/yellow]")
             classic = baseline() if baseline is not None else None
-            result.evaluations = [base, tuned, *_beside(run, tuned, classic)]
-            result.evaluations = [r for r in result.evaluations if r is not None]
+            shown = (base, tuned, *_beside(run, tuned, classic))
+            result.evaluations = [r for r in shown if r is not None]
             result.metric = tuned.metric
             result.scores = {r.name: r.score for r in result.evaluations}
             result.advice = below_baseline_advice(
