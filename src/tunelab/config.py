@@ -122,7 +122,7 @@ class TrainConfig(Section):
         description="Train for this long instead of `epochs` (`90s`, `10m`, `2h`, `1h30m`): "
         "the run times its first steps, plans the steps that fill the budget (as many epochs "
         "as fit) and lays the warmup and schedule over them; it scores up to "
-        f"{SCORINGS_PER_BUDGET} times along the way, together at most "
+        f"{SCORINGS_PER_BUDGET} times after the first epoch, together at most "
         f"{SCORING_SHARE:.0%} of the budget (or every `eval.select.every` steps), keeps "
         "the best in best/ and stops early after `eval.select.patience` scorings without "
         f"improvement ({BUDGET_PATIENCE} unless set). Loading and the final evaluation are "

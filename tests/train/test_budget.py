@@ -16,7 +16,7 @@ from tunelab.config import TrainConfig
 from tunelab.config_file import validate_config
 from tunelab.durations import format_duration, parse_duration
 from tunelab.train.advice import below_baseline_advice, loss_still_falling
-from tunelab.train.budget import BudgetPlan, choose_scoring_interval
+from tunelab.train.budget import BudgetPlan, choose_scoring_interval, wants_plan
 from tunelab.train.run import train
 from tunelab.train.session import Plan, build_scheduler, schedule_factor
 
@@ -86,12 +86,45 @@ def test_the_plan_fills_what_is_left_with_steps_and_their_share_of_scorings() ->
     assert plan.spent_out and plan.steps_that_fit(step=4, scoring_every=10) == 5
 
 
+def test_the_plan_is_made_again_after_a_scoring_and_each_tenth_of_the_budget() -> None:
+    plan = BudgetPlan(seconds=600, spent=12, step_seconds=[4.0, 4.0])
+    assert not wants_plan(plan)  # two steps timed: too few
+    plan.step_seconds.append(4.0)
+    assert wants_plan(plan)
+    plan.planned_steps, plan.planned_at, plan.spent = 150, 12, 71
+    assert not wants_plan(plan)
+    plan.spent = 72  # a tenth of the budget since the plan
+    assert wants_plan(plan)
+    plan.planned_at, plan.scoring_seconds = 72, [30.0]  # a scoring since
+    assert wants_plan(plan)
+
+
+def test_only_the_scorings_after_score_from_are_paid_for() -> None:
+    plan = BudgetPlan(seconds=100, spent=10, step_seconds=[0.5] * 3, score_from=50)
+    total = plan.steps_that_fit(step=4, scoring_every=10, scoring_estimate=5.0)
+    scorings = len(range(60, total + 1, 10))
+    assert total == 4 + 113  # 113 steps and scorings at 60 ... 110: 56.5 s + 30 s of the 90
+    assert (total - 4) * 0.5 + scorings * 5.0 <= 90 < (total - 3) * 0.5 + scorings * 5.0 + 5.0
+    plan.score_from = 500  # the plan ends before any scoring would come
+    assert plan.steps_that_fit(step=4, scoring_every=10, scoring_estimate=5.0) == 4 + 180
+
+
 def test_scorings_along_the_way_take_at_most_their_share_of_the_budget() -> None:
     plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
     # 580 s left: 15 % is 87 s; scorings of 40 s: two fit, spread over 3 stretches
-    assert choose_scoring_interval(plan, 4, scoring_estimate=40.0) == (580 - 80) // 5 // 3
-    assert choose_scoring_interval(plan, 4, scoring_estimate=1.0) == (580 - 5) // 5 // 6
-    assert choose_scoring_interval(plan, 4, scoring_estimate=100.0) == 0  # none is affordable
+    assert choose_scoring_interval(plan, 4, 40.0, first_epoch_end=0) == (580 - 80) // 5 // 3
+    assert plan.score_from == 4
+    assert choose_scoring_interval(plan, 4, 1.0, first_epoch_end=0) == (580 - 5) // 5 // 6
+    assert choose_scoring_interval(plan, 4, 100.0, first_epoch_end=0) == 0  # none affordable
+
+
+def test_a_budget_scores_after_the_first_epoch_only() -> None:
+    plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
+    # 100 steps fit beside two scorings; the first epoch ends at step 60: 44 steps after it
+    assert choose_scoring_interval(plan, 4, 40.0, first_epoch_end=60) == 44 // 3
+    assert plan.score_from == 60
+    # a budget that ends within the first epoch is all training
+    assert choose_scoring_interval(plan, 4, 40.0, first_epoch_end=200) == 0
 
 
 def budget_config(qwen3_dir: Path, data: Path, out: Path, budget: str, **train: object) -> dict:
@@ -119,6 +152,12 @@ def test_a_budgeted_run_plans_its_steps_and_ends_its_schedule_there(
     assert set(saved["timing"]) == {"load_s", "train_s", "final_eval_s"}
     assert any("eval_exact_match" in r for r in map(json.loads, (run / "metrics.jsonl").open()))
     assert (run / "best").is_dir()  # it scored along the way and kept the best
+    scored = [
+        r["step"]
+        for r in map(json.loads, (run / "metrics.jsonl").open())
+        if "eval_exact_match" in r
+    ]
+    assert min(scored) > 40 // 4  # after the first epoch (40 rows, 4 a step) only
     if not budget["ended"]:  # it ran its plan to the end: the cosine reached zero there
         assert result.steps == budget["planned_steps"] == steps[-1]["step"]
         assert steps[-1]["lr"] == 0.0

@@ -3,9 +3,14 @@
 The run times its first steps, then plans the optimizer steps that fill what is left of the
 budget; the warmup and the learning-rate curve follow the plan (``session.Plan`` is read by
 the schedule at every step). Scoring every ``eval.select.every`` steps costs time too: the
-plan is made again after each scoring, from the measured cost of steps and scorings. If the
+plan is made again after each scoring and after each tenth of the budget, from the measured
+cost of steps and scorings. If the
 machine slows down anyway, the run stops when the budget is spent and says so. Loading and
 the final evaluation are outside the budget.
+
+Scorings the budget chooses come after the first epoch only: until then every batch is new
+to the model, so the training loss already measures it on unseen rows and it cannot have
+overfitted them yet. A run whose budget ends within one epoch gives all of it to training.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from tunelab.config import SCORING_SHARE, SCORINGS_PER_BUDGET
 from tunelab.durations import format_duration
 
 CALIBRATION_STEPS = 3  # timed after the first, whose one-off costs (allocation, caches) mislead
+REPLAN_SHARE = 0.1  # of a budget spent since the last plan, after which it is made again
 
 
 @dataclass
@@ -30,7 +36,9 @@ class BudgetPlan:
     step_seconds: list[float] = field(default_factory=list)  # the steps timed (not the first)
     scoring_seconds: list[float] = field(default_factory=list)
     every: int | None = None  # steps between scorings when the budget chose it (0: none)
+    score_from: int = 0  # the budget's scorings come every ``every`` steps after this one
     scorings_planned: int = 0  # scorings timed when the plan was last made
+    planned_at: float = 0.0  # seconds spent when the plan was last made
     ended: str = ""  # why the run stopped before its plan, if it did
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,34 +75,48 @@ class BudgetPlan:
             return sum(self.scoring_seconds) / len(self.scoring_seconds)
         return estimate
 
-    def cost_per_step(self, scoring_every: int | None, scoring_estimate: float = 0.0) -> float:
-        """Mean seconds of a step, with its share of the scorings."""
-        share = self.scoring_cost(scoring_estimate) / scoring_every if scoring_every else 0.0
-        return self.step_cost + share
-
     def steps_that_fit(
         self, step: int, scoring_every: int | None, scoring_estimate: float = 0.0
     ) -> int:
-        """The plan's total steps: those done and those the rest of the budget pays for."""
-        cost = self.cost_per_step(scoring_every, scoring_estimate)
-        return step + max(1, math.floor(self.remaining / cost))
+        """The plan's total steps: those done and those the rest of the budget pays for,
+        with the scorings that come after ``score_from`` among them."""
+        plain = math.floor(self.remaining / self.step_cost)
+        start = max(step, self.score_from)
+        if not scoring_every or step + plain <= start:
+            return step + max(1, plain)
+        share = self.scoring_cost(scoring_estimate) / scoring_every
+        fit = (self.remaining + (start - step) * share) / (self.step_cost + share)
+        return step + max(1, math.floor(fit))
 
 
-def wants_plan(plan: BudgetPlan, step: int) -> bool:
-    """Whether ``step`` is the one after which the first plan is made."""
-    return plan.planned_steps is None and len(plan.step_seconds) >= CALIBRATION_STEPS
+def wants_plan(plan: BudgetPlan) -> bool:
+    """Whether ``step`` is the one after which the plan is made: the first time once the
+    first steps are timed; again after a scoring, and whenever another tenth of the budget
+    is spent (steps of rows of different lengths differ, so three steps can mislead: 147
+    planned from them, 129 fitted on Chinese reviews)."""
+    if plan.planned_steps is None:
+        return len(plan.step_seconds) >= CALIBRATION_STEPS
+    scored = len(plan.scoring_seconds) > plan.scorings_planned
+    return scored or plan.spent - plan.planned_at >= REPLAN_SHARE * plan.seconds
 
 
-def choose_scoring_interval(plan: BudgetPlan, step: int, scoring_estimate: float) -> int:
-    """Steps between scorings for a budgeted run that did not set eval.select.every: at most
-    SCORINGS_PER_BUDGET scorings, and together no more than SCORING_SHARE of the budget left,
-    spread evenly; 0 when even one would cost more than that share."""
+def choose_scoring_interval(
+    plan: BudgetPlan, step: int, scoring_estimate: float, first_epoch_end: int
+) -> int:
+    """Steps between scorings for a budgeted run that did not set eval.select.every, from
+    the end of the first epoch on (``plan.score_from`` is set to it): at most
+    SCORINGS_PER_BUDGET scorings, and together no more than SCORING_SHARE of the budget
+    left, spread evenly; 0 when even one would cost more than that share, or the budget
+    ends within the first epoch."""
+    plan.score_from = max(step, first_epoch_end)
     affordable = math.floor(SCORING_SHARE * plan.remaining / max(scoring_estimate, 1e-6))
     scorings = min(SCORINGS_PER_BUDGET, affordable)
+    steps = math.floor((plan.remaining - max(scorings, 0) * scoring_estimate) / plan.step_cost)
+    after_first_epoch = step + steps - plan.score_from
+    scorings = min(scorings, after_first_epoch // 2)  # the last stretch ends the run
     if scorings < 1:
         return 0
-    steps = math.floor((plan.remaining - scorings * scoring_estimate) / plan.step_cost)
-    return max(1, steps // (scorings + 1))
+    return after_first_epoch // (scorings + 1)
 
 
 def describe(plan: BudgetPlan, steps: int) -> str:

@@ -21,7 +21,7 @@ from tunelab.train.checkpoint import (
     capture_rng,
 )
 from tunelab.train.launch import main_alone
-from tunelab.train.pacing import count_scoring, pace, scoring_every, scoring_patience, start_clock
+from tunelab.train.pacing import count_scoring, pace, scoring_due, scoring_patience, start_clock
 from tunelab.train.saving import Diverged, save, save_adapter, what_to_try
 from tunelab.train.session import Session, log_metrics
 from tunelab.train.stop import StopSignals, stop_signals
@@ -142,9 +142,8 @@ def after_step(
     watch_numbers(session, step, record)
     if session.accelerator.is_main_process:
         with main_alone(session.accelerator.device):
-            every = scoring_every(session)
             loss_logged = False
-            if session.scorer is not None and every and step % every == 0:
+            if session.scorer is not None and scoring_due(session, step):
                 plateau, loss_logged = score_and_keep_best(session, step)
             due = cfg.val_loss_every and step % cfg.val_loss_every == 0
             if due and step < session.plan.total_steps and not loss_logged:

@@ -4,6 +4,7 @@ they all stop after the same step."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,19 @@ def scoring_every(session: Session) -> int | None:
     return every
 
 
+def scoring_due(session: Session, step: int) -> bool:
+    """Whether the model is scored after ``step``: every eval.select.every steps, or on the
+    budget's schedule (after the first epoch)."""
+    every = scoring_every(session)
+    if not every:
+        return False
+    budget = session.budget
+    start = (
+        budget.score_from if budget is not None and session.config.eval.select.every is None else 0
+    )
+    return step > start and (step - start) % every == 0
+
+
 def scoring_patience(session: Session) -> int | None:
     """Scorings without improvement that stop the run (a budgeted run has a default)."""
     patience = session.config.eval.select.patience
@@ -52,17 +66,16 @@ def count_scoring(session: Session, seconds: float) -> None:
 
 
 def pace(session: Session, step: int, record: dict[str, Any], clock: LoopClock) -> bool:
-    """Count the time up to the end of ``step``; plan (again) when due: once the first steps
-    are timed, and after each scoring. Returns whether the budget is spent before the plan's
-    end. Every process takes the main process's plan and decision."""
+    """Count the time up to the end of ``step``; plan (again) when due (``wants_plan``).
+    Returns whether the budget is spent before the plan's end. Every process takes the
+    main process's plan and decision."""
     budget = session.budget
     if budget is None:
         return False
     budget.spent = clock.spent_before + time.perf_counter() - clock.started
     if step > clock.first_step + 1:  # a process's first step pays one-off costs
         budget.step_seconds.append(float(record["seconds"]))
-    scored = len(budget.scoring_seconds) > budget.scorings_planned
-    due = wants_plan(budget, step) or (budget.planned_steps is not None and scored)
+    due = wants_plan(budget)
     planned = plan_budget(session, step) if due else session.plan.total_steps
     due, planned, spent_out = _agreed(session, due, planned, budget.spent_out)
     if due:
@@ -80,9 +93,11 @@ def plan_budget(session: Session, step: int) -> int:
     assert budget is not None
     estimate = scoring_estimate(session)
     if budget.every is None and session.config.eval.select.every is None:
-        budget.every = choose_scoring_interval(budget, step, estimate)
+        epoch_end = math.ceil(session.plan.micro_per_epoch / session.plan.grad_accum)
+        budget.every = choose_scoring_interval(budget, step, estimate, epoch_end)
     total = budget.steps_that_fit(step, scoring_every(session), estimate)
     budget.scorings_planned = len(budget.scoring_seconds)
+    budget.planned_at = budget.spent
     max_steps = session.config.train.max_steps
     return min(total, max_steps) if max_steps else total
 
