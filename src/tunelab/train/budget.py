@@ -4,9 +4,8 @@ The run times its first steps, then plans the optimizer steps that fill what is 
 budget; the warmup and the learning-rate curve follow the plan (``session.Plan`` is read by
 the schedule at every step). Scoring every ``eval.select.every`` steps costs time too: the
 plan is made again after each scoring and after each tenth of the budget, from the measured
-cost of steps and scorings. If the
-machine slows down anyway, the run stops when the budget is spent and says so. Loading and
-the final evaluation are outside the budget.
+cost of steps and scorings. If the machine slows down anyway, the run stops when the budget
+is spent and says so. Loading and the final evaluation are outside the budget.
 
 Scorings the budget chooses come after the first epoch only: until then every batch is new
 to the model, so the training loss already measures it on unseen rows and it cannot have
