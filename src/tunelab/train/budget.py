@@ -89,10 +89,10 @@ class BudgetPlan:
 
 
 def wants_plan(plan: BudgetPlan) -> bool:
-    """Whether ``step`` is the one after which the plan is made: the first time once the
-    first steps are timed; again after a scoring, and whenever another tenth of the budget
-    is spent (steps of rows of different lengths differ, so three steps can mislead: 147
-    planned from them, 129 fitted on Chinese reviews)."""
+    """Whether the plan is made (again) now: the first time once the first steps are
+    timed; again after a scoring, and whenever another tenth of the budget is spent (steps
+    of rows of different lengths differ, so three steps can mislead: 147 planned from
+    them, 129 fitted on Chinese reviews)."""
     if plan.planned_steps is None:
         return len(plan.step_seconds) >= CALIBRATION_STEPS
     scored = len(plan.scoring_seconds) > plan.scorings_planned
@@ -110,7 +110,7 @@ def choose_scoring_interval(
     plan.score_from = max(step, first_epoch_end)
     affordable = math.floor(SCORING_SHARE * plan.remaining / max(scoring_estimate, 1e-6))
     scorings = min(SCORINGS_PER_BUDGET, affordable)
-    steps = math.floor((plan.remaining - max(scorings, 0) * scoring_estimate) / plan.step_cost)
+    steps = math.floor((plan.remaining - scorings * scoring_estimate) / plan.step_cost)
     after_first_epoch = step + steps - plan.score_from
     scorings = min(scorings, after_first_epoch // 2)  # the last stretch ends the run
     if scorings < 1:
