@@ -4,7 +4,6 @@ they all stop after the same step."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +92,7 @@ def plan_budget(session: Session, step: int) -> int:
     assert budget is not None
     estimate = scoring_estimate(session)
     if budget.every is None and session.config.eval.select.every is None:
-        epoch_end = math.ceil(session.plan.micro_per_epoch / session.plan.grad_accum)
+        epoch_end = session.plan.steps_per_epoch
         budget.every = choose_scoring_interval(budget, step, estimate, epoch_end)
     total = budget.steps_that_fit(step, scoring_every(session), estimate)
     budget.scorings_planned = len(budget.scoring_seconds)

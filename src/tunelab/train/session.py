@@ -41,6 +41,11 @@ class Plan:
             return 1.0
         return max(MIN_PEAK_SCALE, self.full_rate_steps / self.total_steps)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the training set."""
+        return math.ceil(self.micro_per_epoch / self.grad_accum)
+
     def epoch_at(self, step: int) -> float:
         """Epochs completed after ``step`` optimizer steps."""
         return round(step * self.grad_accum / self.micro_per_epoch, 4)
