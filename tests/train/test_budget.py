@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -112,19 +113,50 @@ def test_only_the_scorings_after_score_from_are_paid_for() -> None:
 def test_scorings_along_the_way_take_at_most_their_share_of_the_budget() -> None:
     plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
     # 580 s left: 15 % is 87 s; scorings of 40 s: two fit, spread over 3 stretches
-    assert choose_scoring_interval(plan, 4, 40.0, first_epoch_end=0) == (580 - 80) // 5 // 3
+    assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=0) == (580 - 80) // 5 // 3
     assert plan.score_from == 4
-    assert choose_scoring_interval(plan, 4, 1.0, first_epoch_end=0) == (580 - 5) // 5 // 6
-    assert choose_scoring_interval(plan, 4, 100.0, first_epoch_end=0) == 0  # none affordable
+    assert choose_scoring_interval(plan, 4, 1.0, steps_per_epoch=0) == (580 - 5) // 5 // 6
+    assert choose_scoring_interval(plan, 4, 100.0, steps_per_epoch=0) == 0  # none affordable
 
 
 def test_a_budget_scores_after_the_first_epoch_only() -> None:
     plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
     # 100 steps fit beside two scorings; the first epoch ends at step 60: 44 steps after it
-    assert choose_scoring_interval(plan, 4, 40.0, first_epoch_end=60) == 44 // 3
+    assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=60) == 44 // 3
     assert plan.score_from == 60
     # a budget that ends within the first epoch is all training
-    assert choose_scoring_interval(plan, 4, 40.0, first_epoch_end=200) == 0
+    assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=200) == 0
+
+
+def test_a_budget_does_not_score_less_than_half_an_epoch_after_the_first() -> None:
+    plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
+    # 100 steps fit beside two scorings: 36 after an epoch of 68 are more than half one
+    assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=68) == 36 // 3
+    # 34 after an epoch of 70 are less: those rows have not come round often enough to be
+    # overfitted, and the final evaluation scores the end anyway
+    assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=70) == 0
+
+
+def test_a_budget_leaves_a_scoring_near_the_plans_end_to_the_final_evaluation() -> None:
+    from types import SimpleNamespace
+
+    from tunelab.train.pacing import scoring_due
+
+    def session(total: int, every: int | None = None) -> Any:
+        budget = BudgetPlan(seconds=600, every=12, score_from=150)
+        config = SimpleNamespace(eval=SimpleNamespace(select=SimpleNamespace(every=every)))
+        return SimpleNamespace(
+            budget=budget, config=config, plan=SimpleNamespace(total_steps=total)
+        )
+
+    assert [s for s in range(140, 200) if scoring_due(session(200), s)] == [
+        162,
+        174,
+        186,
+    ]  # 198 would be 2 steps before the end
+    assert [s for s in range(140, 170) if scoring_due(session(167), s)] == []  # 162: 5 before
+    # an interval the user set is kept as given
+    assert [s for s in range(150, 170) if scoring_due(session(169, every=12), s)] == [156, 168]
 
 
 def budget_config(qwen3_dir: Path, data: Path, out: Path, budget: str, **train: object) -> dict:
