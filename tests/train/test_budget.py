@@ -132,8 +132,8 @@ def test_a_budget_does_not_score_less_than_half_an_epoch_after_the_first() -> No
     plan = BudgetPlan(seconds=600, spent=20, step_seconds=[5.0] * 3)
     # 100 steps fit beside two scorings: 36 after an epoch of 68 are more than half one
     assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=68) == 36 // 3
-    # 34 after an epoch of 70 are less: those rows have not come round often enough to be
-    # overfitted, and the final evaluation scores the end anyway
+    # 34 after an epoch of 70 are less: the scorings that fit there cannot stop the run, and
+    # the final evaluation scores the end anyway
     assert choose_scoring_interval(plan, 4, 40.0, steps_per_epoch=70) == 0
 
 

@@ -48,9 +48,8 @@ def scoring_due(session: Session, step: int) -> bool:
     budget = session.budget
     if budget is None or session.config.eval.select.every is not None:
         return step % every == 0
-    near_end = session.plan.total_steps - step < every / 2
-    start = budget.score_from
-    return step > start and (step - start) % every == 0 and not near_end
+    on_schedule = step > budget.score_from and (step - budget.score_from) % every == 0
+    return on_schedule and session.plan.total_steps - step >= every / 2
 
 
 def scoring_patience(session: Session) -> int | None:
