@@ -103,11 +103,21 @@ def test_the_plan_is_made_again_after_a_scoring_and_each_tenth_of_the_budget() -
 def test_only_the_scorings_after_score_from_are_paid_for() -> None:
     plan = BudgetPlan(seconds=100, spent=10, step_seconds=[0.5] * 3, score_from=50)
     total = plan.steps_that_fit(step=4, scoring_every=10, scoring_estimate=5.0)
-    scorings = len(range(60, total + 1, 10))
-    assert total == 4 + 113  # 113 steps and scorings at 60 ... 110: 56.5 s + 30 s of the 90
-    assert (total - 4) * 0.5 + scorings * 5.0 <= 90 < (total - 3) * 0.5 + scorings * 5.0 + 5.0
+    assert total == 4 + 120  # scorings at 60 ... 110 (120 is 4 steps before the end): 60 s + 30 s
+    assert plan.scorings_between(4, total, 10, chosen=True) == 6
     plan.score_from = 500  # the plan ends before any scoring would come
     assert plan.steps_that_fit(step=4, scoring_every=10, scoring_estimate=5.0) == 4 + 180
+
+
+def test_the_plan_pays_for_the_scorings_it_holds_and_no_others() -> None:
+    plan = BudgetPlan(seconds=100, step_seconds=[1.0] * 3)
+    # 90 steps and one 10 s scoring at 40 fill 100 s: the one due at 80 comes 10 steps
+    # before the end, nearer than half the interval, and is left to the final evaluation
+    assert plan.steps_that_fit(step=0, scoring_every=40, scoring_estimate=10.0) == 90
+    assert [s for s in range(1, 91) if plan.scores_after(s, 90, 40, chosen=True)] == [40]
+    # eval.select.every as given scores at 80 too: 80 steps and two scorings
+    assert plan.steps_that_fit(0, 40, 10.0, chosen=False) == 80
+    assert plan.scorings_between(0, 80, 40, chosen=False) == 2
 
 
 def test_scorings_along_the_way_take_at_most_their_share_of_the_budget() -> None:

@@ -39,17 +39,15 @@ def scoring_every(session: Session) -> int | None:
 
 def scoring_due(session: Session, step: int) -> bool:
     """Whether the model is scored after ``step``: every eval.select.every steps, or on the
-    budget's schedule (after the first epoch, and not when the plan's end, which the final
-    evaluation scores, is nearer than half the interval: re-planning can move the end
-    close to a scoring, as 290 of 296 steps on tweets)."""
+    budget's schedule (``BudgetPlan.scores_after``)."""
     every = scoring_every(session)
     if not every:
         return False
     budget = session.budget
-    if budget is None or session.config.eval.select.every is not None:
+    if budget is None:
         return step % every == 0
-    on_schedule = step > budget.score_from and (step - budget.score_from) % every == 0
-    return on_schedule and session.plan.total_steps - step >= every / 2
+    chosen = session.config.eval.select.every is None
+    return budget.scores_after(step, session.plan.total_steps, every, chosen)
 
 
 def scoring_patience(session: Session) -> int | None:
@@ -96,7 +94,8 @@ def plan_budget(session: Session, step: int) -> int:
     if budget.every is None and session.config.eval.select.every is None:
         epoch = session.plan.steps_per_epoch
         budget.every = choose_scoring_interval(budget, step, estimate, epoch)
-    total = budget.steps_that_fit(step, scoring_every(session), estimate)
+    chosen = session.config.eval.select.every is None
+    total = budget.steps_that_fit(step, scoring_every(session), estimate, chosen)
     budget.scorings_planned = len(budget.scoring_seconds)
     budget.planned_at = budget.spent
     max_steps = session.config.train.max_steps
