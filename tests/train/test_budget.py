@@ -254,3 +254,20 @@ def test_advice_below_the_baseline_names_what_the_run_saw(smollm_tokenizer) -> N
     assert quiet is not None and "still falling" not in quiet and "Chinese" not in quiet
     ahead = EvalResult("fine-tuned", "macro_f1", 0.80, {}, rows)
     assert below_baseline_advice(ahead, classic, falling, 640, smollm_tokenizer) is None
+
+
+def test_advice_names_answer_words_the_model_cannot_read(smollm_tokenizer) -> None:
+    from tunelab.scoring import EvalResult
+
+    rows = [{"input": "a fine film with a weak ending"}] * 5
+    tuned = EvalResult("fine-tuned", "macro_f1", 0.62, {}, rows)
+    classic = EvalResult("tf-idf", "macro_f1", 0.79, {}, rows)
+    flat = [1.0] * 100
+    advice = below_baseline_advice(
+        tuned, classic, flat, 5000, smollm_tokenizer, answers=["正面", "负面"]
+    )
+    assert advice is not None and "正面 / 负面 cost 2.0 tokens per character" in advice
+    english = below_baseline_advice(
+        tuned, classic, flat, 5000, smollm_tokenizer, answers=["positive", "negative"]
+    )
+    assert english is not None and "words this model knows" not in english

@@ -92,6 +92,7 @@ def finish(
                 len(session.train_samples),
                 tokenizer,
                 session.config.eval.select.mode,
+                session.config.eval.scoring.choices,  # a class head ignores them
             )
         timing = {**session.timing, "final_eval_s": time.perf_counter() - started}
         result.timing = {key: round(value, 1) for key, value in timing.items()}

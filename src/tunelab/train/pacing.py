@@ -46,8 +46,12 @@ def scoring_due(session: Session, step: int) -> bool:
     budget = session.budget
     if budget is None:
         return step % every == 0
-    chosen = session.config.eval.select.every is None
-    return budget.scores_after(step, session.plan.total_steps, every, chosen)
+    return budget.scores_after(step, session.plan.total_steps, every, _interval_chosen(session))
+
+
+def _interval_chosen(session: Session) -> bool:
+    """Whether the budget chooses when to score (eval.select.every is not set)."""
+    return session.config.eval.select.every is None
 
 
 def scoring_patience(session: Session) -> int | None:
@@ -91,10 +95,10 @@ def plan_budget(session: Session, step: int) -> int:
     budget = session.budget
     assert budget is not None
     estimate = scoring_estimate(session)
-    if budget.every is None and session.config.eval.select.every is None:
+    chosen = _interval_chosen(session)
+    if budget.every is None and chosen:
         epoch = session.plan.steps_per_epoch
         budget.every = choose_scoring_interval(budget, step, estimate, epoch)
-    chosen = session.config.eval.select.every is None
     total = budget.steps_that_fit(step, scoring_every(session), estimate, chosen)
     budget.scorings_planned = len(budget.scoring_seconds)
     budget.planned_at = budget.spent
