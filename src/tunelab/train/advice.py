@@ -101,7 +101,7 @@ def _answers_hint(answers: Sequence[str], tokenizer: Any) -> str | None:
     # on Chinese reviews with ten minutes of training, answering positive / negative scored
     # 0.7793 against 0.6183 for 正面 / 负面 (examples/classify/RESULTS.md): the model knows
     # the English words, and the Chinese ones are byte pieces it has no meaning for
-    ratio = _han_ratio(list(answers), tokenizer)
+    ratio = _han_ratio(answers, tokenizer)
     if ratio is not None and ratio >= 1.0:
         return (
             f"answers in words this model knows ({' / '.join(answers)} cost {ratio:.1f} tokens "

@@ -93,9 +93,9 @@ class BudgetPlan:
             return step + steps
         cost = self.scoring_cost(scoring_estimate)
 
-        def spent(steps: int) -> float:  # grows with steps: each one can only add a scoring
-            held = self.scorings_between(step, step + steps, scoring_every, chosen)
-            return steps * self.step_cost + held * cost
+        def spent(count: int) -> float:  # grows with count: each step can only add a scoring
+            held = self.scorings_between(step, step + count, scoring_every, chosen)
+            return count * self.step_cost + held * cost
 
         fits, beyond = 1, steps + 1  # the most steps that fit lie in [fits, beyond)
         while beyond - fits > 1:
