@@ -26,13 +26,14 @@ from tunelab.config import ModelConfig
 from tunelab.data.readers import read_rows
 from tunelab.models.load import load_tokenizer
 from tunelab.models.resolve import resolve_model
+from tunelab.tasks.classify.data import encode_text
 
 
 def layer_features(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> np.ndarray:
     """[texts, 2 (last token, mean), layers + 1, hidden] from one forward pass per text."""
     features = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+        ids = encode_text(tokenizer, text, 0, max_length).input_ids
         with torch.no_grad():
             states = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
         last = torch.stack([state[0, -1] for state in states])
