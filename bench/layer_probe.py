@@ -22,18 +22,18 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tunelab.config import ModelConfig
+from tunelab.config import DataConfig, ModelConfig
 from tunelab.data.readers import read_rows
 from tunelab.models.load import load_tokenizer
 from tunelab.models.resolve import resolve_model
 from tunelab.tasks.classify.data import encode_text
 
 
-def layer_features(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> np.ndarray:
+def layer_features(model: Any, tokenizer: Any, texts: list[str], data: DataConfig) -> np.ndarray:
     """[texts, 2 (last token, mean), layers + 1, hidden] from one forward pass per text."""
     features = []
     for text in texts:
-        ids = encode_text(tokenizer, text, 0, max_length).input_ids
+        ids = encode_text(tokenizer, text, 0, data).input_ids
         with torch.no_grad():
             states = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
         last = torch.stack([state[0, -1] for state in states])
@@ -66,7 +66,12 @@ def main() -> None:
     splits = [read_rows(args.train).rows[: args.rows], read_rows(args.test).rows]
     started = time.perf_counter()
     train, test = [
-        layer_features(model, tokenizer, [r.data[args.text_column] for r in rows], args.max_length)
+        layer_features(
+            model,
+            tokenizer,
+            [r.data[args.text_column] for r in rows],
+            DataConfig(max_length=args.max_length),
+        )
         for rows in splits
     ]
     train_labels, test_labels = ([r.data[args.label_column] for r in rows] for rows in splits)

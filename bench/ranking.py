@@ -39,9 +39,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--run", help="a behaviour run: its model, test prompts and targets")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], help="default: what `auto` picks on this machine"
+    )
     args = parser.parse_args()
     if args.run:
-        trained_run(args.run, args.rows, args.depth)
+        trained_run(args.run, args.rows, args.depth, args.precision)
         return
     try:
         from tunelab.ranking import rank_candidates
@@ -49,6 +52,7 @@ def main() -> None:
         from tunelab.generate import rank_candidates
     from tunelab.config import ModelConfig
     from tunelab.data.encode import encode_prompt
+    from tunelab.precision import bf16_frozen_matmuls, resolve_precision
 
     try:
         from tunelab.models.load import load_causal_lm, load_tokenizer
@@ -59,6 +63,10 @@ def main() -> None:
     folder = resolve_model(ModelConfig())
     tokenizer = load_tokenizer(folder)
     model = load_causal_lm(folder, ModelConfig(), torch.float32).eval()
+    precision = args.precision or resolve_precision("auto")
+    if precision == "bf16":
+        bf16_frozen_matmuls(model)
+    print(f"base model in {precision}", flush=True)
     candidates = catalogue(args.candidates)
     boundary = sorted(
         {*tokenizer(" |", add_special_tokens=False)["input_ids"][:1], tokenizer.eos_token_id}
@@ -82,7 +90,7 @@ def main() -> None:
     )
 
 
-def trained_run(run_root: str, rows: int, depth: int) -> None:
+def trained_run(run_root: str, rows: int, depth: int, precision: str | None) -> None:
     """Seconds per row and top-1 hits ranking a behaviour run's test rows."""
     from pathlib import Path
 
@@ -93,7 +101,7 @@ def trained_run(run_root: str, rows: int, depth: int) -> None:
 
     folder, record = data_folder(Path(run_root))
     test = read_split(folder, "test")[:rows]
-    opened = open_run(run_root)
+    opened = open_run(run_root, precision=precision)
     if hasattr(opened, "merge_adapter"):  # releases before it ranked on the unmerged adapter
         opened.merge_adapter()
     candidates = candidate_events(record["vocabulary"])

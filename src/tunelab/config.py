@@ -18,6 +18,8 @@ from tunelab.config_section import Number, Section
 from tunelab.durations import parse_duration
 from tunelab.run_dir import folder_name_problem
 
+TEXT_SLOT = "{text}"  # where data.text_template puts each text
+
 
 class ModelConfig(Section):
     """Which base model to fine-tune and how to load it."""
@@ -74,6 +76,20 @@ class DataConfig(Section):
         description="task classify: the label set in id order (default: sorted from train). "
         "Labels in the data may be these names or their ids.",
     )
+    text_template: str | None = Field(
+        None,
+        description="task classify: each text as the model reads it, `{text}` where the text "
+        "goes, for example `Review: {text}\\nIs this review positive or negative? Answer:`. "
+        "Training, evaluation, predict and serve all frame it; a text cut to `max_length` "
+        "loses its own end, never the template's. The baseline reads the bare text.",
+    )
+
+    @field_validator("text_template")
+    @classmethod
+    def _one_text_slot(cls, value: str | None) -> str | None:
+        if value is not None and value.count(TEXT_SLOT) != 1:
+            raise ValueError(f"must hold {TEXT_SLOT} exactly once, where the text goes")
+        return value
 
     @field_validator("train", "val", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from tunelab.tasks.classify.data import (
     ClassSample,
     ClassSet,
     LabelledText,
+    encode_text,
     label_names,
     prepare_classify,
     read_labelled,
@@ -351,3 +352,58 @@ def test_a_final_model_better_than_every_scored_step_becomes_best(
     assert all(torch.equal(best[k], last[k]) for k in last)
     assert (run / "best" / "labels.json").exists() and (run / "best" / "tokenizer.json").exists()
     assert json.loads((run / "results.json").read_text())["best"]["step"] == 3
+
+
+FRAME = "Review: {text}\nIs this review positive or negative? Answer:"
+
+
+def test_a_text_template_frames_each_text_and_a_cut_keeps_the_frames_tail(qwen3_tok) -> None:
+    framed = DataConfig(max_length=64, text_template=FRAME)
+    sample = encode_text(qwen3_tok, "很好", 1, framed)
+    whole = qwen3_tok("Review: 很好\nIs this review positive or negative? Answer:")["input_ids"]
+    assert sample.input_ids == whole and sample.label_id == 1
+    tail = qwen3_tok("\nIs this review positive or negative? Answer:", add_special_tokens=False)
+    long_text = "很好" * 200
+    cut = encode_text(qwen3_tok, long_text, 0, framed)
+    assert len(cut.input_ids) == 64 and cut.full_length > 64
+    assert cut.input_ids[-len(tail["input_ids"]) :] == tail["input_ids"]  # the question stays
+    assert cut.input_ids[:3] == qwen3_tok("Review: 很好")["input_ids"][:3]  # the text's start too
+    bare = encode_text(qwen3_tok, long_text, 0, DataConfig(max_length=64))
+    assert bare.input_ids == qwen3_tok(long_text)["input_ids"][:64]
+
+
+@pytest.mark.parametrize("template", ["Review: {text} and {text}", "Review: {review}"])
+def test_a_text_template_without_one_text_slot_is_refused(template: str) -> None:
+    with pytest.raises(TunelabError, match=r"text_template.*\{text\} exactly once"):
+        validate_config({"task": "classify", "data": {"text_template": template}}, "t.yaml")
+
+
+def test_a_framed_run_predicts_on_framed_texts_and_its_baseline_reads_bare_ones(
+    tmp_path: Path, qwen3_dir: Path, qwen3_tok: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab.tasks.classify import task as classify_task
+    from tunelab.train.run import train
+    from tunelab.use.open import open_run
+
+    seen_by_baseline: list[str] = []
+    original = classify_task.classify_baseline
+
+    def recorded(metric: str, train_texts: Any, *args: Any) -> Any:
+        seen_by_baseline.extend(t.text for t in train_texts)
+        return original(metric, train_texts, *args)
+
+    monkeypatch.setattr(classify_task, "classify_baseline", recorded)
+    config = review_run_config(tmp_path, qwen3_dir, max_steps=2, every=2)
+    config.data.text_template = FRAME
+    prepared = prepare_classify(config.data, qwen3_tok)
+    scored = classify_task.ClassifyTask().eval_rows(config, qwen3_tok, prepared.labels, None)
+    for sample in [*prepared.train.samples, *prepared.val.samples, *scored.split.samples]:
+        assert qwen3_tok.decode(sample.input_ids).startswith("Review: ")
+    train(config)
+    assert seen_by_baseline and not any("Review:" in text for text in seen_by_baseline)
+    opened = open_run(tmp_path / "runs" / "cls")
+    assert opened.config.data.text_template == FRAME  # kept in the run's own config
+    framed = opened.classify(["很好 很好"])[0]
+    opened.config.data.text_template = None
+    bare = opened.classify(["很好 很好"])[0]
+    assert framed.keys() == bare.keys() and framed != bare

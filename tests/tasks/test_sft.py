@@ -89,3 +89,15 @@ def test_the_loss_keeps_no_logits_for_backward() -> None:
         chunked_cross_entropy(hidden, targets, head, chunk=50)[0].backward()
     # the gradient for hidden is all it keeps: 300 x 8, not 300 x 20,000 logits
     assert max(kept) == hidden.numel()
+
+
+def test_an_sft_run_refuses_a_text_template_it_would_ignore(tmp_path, qwen3_tok) -> None:
+    from tunelab.config_file import validate_config
+    from tunelab.errors import TunelabError
+    from tunelab.tasks.sft.task import SftTask
+
+    (tmp_path / "t.jsonl").write_text('{"instruction": "问", "output": "答"}\n', encoding="utf-8")
+    data = {"train": str(tmp_path / "t.jsonl"), "text_template": "Review: {text} Answer:"}
+    config = validate_config({"data": data}, "t.yaml")
+    with pytest.raises(TunelabError, match="text_template frames the texts of task classify"):
+        SftTask().prepare(config, qwen3_tok)

@@ -113,8 +113,7 @@ class OpenedRun:
 
         if not self.labels:
             raise TunelabError(f"{self.run.root}: not a class-head run; it generates answers")
-        max_length = self.config.data.max_length
-        samples = [encode_text(self.tokenizer, text, 0, max_length) for text in texts]
+        samples = [encode_text(self.tokenizer, text, 0, self.config.data) for text in texts]
         batcher = inference_batcher(
             self.model, self.tokenizer.pad_token_id, self.config.train.forward_tokens
         )

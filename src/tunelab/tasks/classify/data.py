@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import DataConfig
+from tunelab.config import TEXT_SLOT, DataConfig
 from tunelab.data.prepare import (
     check_strict,
     describe_rejects,
@@ -104,21 +104,33 @@ def resolve_labels(
 
 
 def encode_texts(
-    tokenizer: Any, texts: Sequence[LabelledText], labels: Sequence[str], max_length: int
+    tokenizer: Any, texts: Sequence[LabelledText], labels: Sequence[str], data: DataConfig
 ) -> ClassSet:
-    """Tokenise each text (cut to max_length, counted) with its class id."""
+    """Tokenise each text (framed, cut to max_length, counted) with its class id."""
     index = {name: i for i, name in enumerate(labels)}
     result = ClassSet()
     for text in texts:
         result.texts.append(text)
-        result.samples.append(encode_text(tokenizer, text.text, index[text.label], max_length))
+        sample = encode_text(tokenizer, text.text, index[text.label], data)
+        result.samples.append(sample)
     return result
 
 
-def encode_text(tokenizer: Any, text: str, label_id: int, max_length: int) -> ClassSample:
-    """One text as training encodes it: cut to ``max_length``, its full length kept."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    return ClassSample(ids[:max_length], label_id, len(ids))
+def encode_text(tokenizer: Any, text: str, label_id: int, data: DataConfig) -> ClassSample:
+    """One text as training encodes it: framed by ``data.text_template``, cut to
+    ``data.max_length``, its full length kept. A framed text too long loses the end of its own
+    text, never the template's tail: the last tokens, which the head reads, stay the same."""
+    if data.text_template is None:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return ClassSample(ids[: data.max_length], label_id, len(ids))
+    head, tail = data.text_template.split(TEXT_SLOT)
+    ids = tokenizer(head + text + tail, add_special_tokens=True)["input_ids"]
+    if len(ids) <= data.max_length:
+        return ClassSample(ids, label_id, len(ids))
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    head_ids = tokenizer(head + text, add_special_tokens=True)["input_ids"]
+    kept = head_ids[: max(data.max_length - len(tail_ids), 0)] + tail_ids
+    return ClassSample(kept[: data.max_length], label_id, len(ids))
 
 
 def read_eval_texts(
@@ -195,8 +207,8 @@ def prepare_classify(data: DataConfig, tokenizer: Any) -> PreparedClasses:
     check_strict(train_rejects + val_rejects, data.strict)
     if len(labels) < 2:
         raise TunelabError(f"classification needs at least 2 labels; found {labels}")
-    train = encode_texts(tokenizer, train_texts, labels, data.max_length)
-    val = encode_texts(tokenizer, val_texts, labels, data.max_length)
+    train = encode_texts(tokenizer, train_texts, labels, data)
+    val = encode_texts(tokenizer, val_texts, labels, data)
     train.rejects, val.rejects = train_rejects, val_rejects
     if not train.samples:
         raise TunelabError(f"no usable training rows:\n{describe_rejects(train_rejects)}")

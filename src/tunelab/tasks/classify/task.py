@@ -115,7 +115,7 @@ class ClassifyTask:
     ) -> ClassRows:
         """The table at ``path``, else the run's val rows, encoded as in training."""
         texts, skipped = read_eval_texts(config.data, labels, path)
-        return ClassRows(encode_texts(tokenizer, texts, labels, config.data.max_length), skipped)
+        return ClassRows(encode_texts(tokenizer, texts, labels, config.data), skipped)
 
     def score(self, run: RunModel, rows: ClassRows, name: str) -> EvalResult:
         """Accuracy, P/R/F1 and the confusion matrix of the run's head on ``rows``."""

@@ -39,6 +39,11 @@ class SftTask:
 
     def prepare(self, config: RunConfig, tokenizer: Any) -> PreparedData:
         """Load, validate, split and encode the chats."""
+        if config.data.text_template is not None:
+            raise TunelabError(
+                "data.text_template frames the texts of task classify; an SFT run's prompts "
+                "are its rows' own turns: remove it, or set task: classify"
+            )
         return prepare_sft(config.data, tokenizer)
 
     def load_base(
