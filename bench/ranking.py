@@ -1,8 +1,8 @@
 """Ranking thousands of candidate targets for next-event prediction: seconds per row on the
 embedded model, with the top-k checked against scoring every candidate alone on a few rows.
 
-    python -m bench.ranking [--candidates 2000] [--rows 10] [--depth 10]
-    python -m bench.ranking --run runs/NAME [--rows 10]
+    python -m bench.ranking [--candidates 2000] [--rows 10] [--depth 10] [--precision bf16]
+    python -m bench.ranking --run runs/NAME [--rows 10] [--precision fp32]
 
 The candidates look like a film catalogue (`观看电影 | Title (year)`): they share their first
 tokens, which is what made chunked scoring prune little. On the base model (the first form)

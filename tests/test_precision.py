@@ -10,7 +10,12 @@ from tunelab.config import LoraConfig, ModelConfig
 from tunelab.cpu.dropout import FastDropout
 from tunelab.errors import TunelabError
 from tunelab.models.load import attach_lora, load_causal_lm
-from tunelab.precision import bf16_frozen_matmuls, cpu_has_native_bf16, resolve_precision
+from tunelab.precision import (
+    bf16_frozen_matmuls,
+    cpu_has_native_bf16,
+    fp32_matmuls,
+    resolve_precision,
+)
 
 
 def test_auto_follows_the_hardware_and_fp16_needs_a_gpu() -> None:
@@ -55,6 +60,39 @@ def test_bf16_frozen_matmuls_keep_the_adapter_and_outputs_in_fp32(qwen3_dir) -> 
     logits.sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_an_adapter_folds_into_fp32_weights_as_bf16_rounded_them(qwen3_dir) -> None:
+    import copy
+
+    from torch import nn
+
+    spec = ModelConfig(name=str(qwen3_dir))
+    torch.manual_seed(0)
+    model = attach_lora(load_causal_lm(qwen3_dir, spec, torch.float32), LoraConfig(r=2))
+    with torch.no_grad():  # a trained adapter (B starts at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    expected = copy.deepcopy(model)
+    frozen = [
+        module
+        for module in expected.modules()
+        if isinstance(module, nn.Linear) and not module.weight.requires_grad
+    ]
+    with torch.no_grad():  # the base weights as bf16 storage rounds them, held in fp32
+        for module in frozen:
+            if module is not expected.get_output_embeddings():
+                module.weight.copy_(module.weight.to(torch.bfloat16).float())
+    converted = bf16_frozen_matmuls(model)
+    assert fp32_matmuls(model) == converted == 2 * 7 and fp32_matmuls(model) == 0
+    assert all(param.dtype == torch.float32 for param in model.parameters())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in linears)
+    ids = torch.tensor([[5, 900, 151_000, 42, 7]])
+    folded = model.merge_and_unload()(input_ids=ids).logits
+    # the same fp32 weights folded the same way: equal up to fp32 rounding
+    torch.testing.assert_close(folded, expected.merge_and_unload()(input_ids=ids).logits)
 
 
 def test_fast_dropout_matches_dropout_statistics() -> None:

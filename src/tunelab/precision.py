@@ -101,10 +101,27 @@ def bf16_frozen_matmuls(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, nn.Linear) and module is not head and not module.weight.requires_grad:
             module.to(torch.bfloat16)
-            module.register_forward_pre_hook(_inputs_to_bf16)
-            module.register_forward_hook(_output_to_fp32)
+            module.bf16_hooks = (
+                module.register_forward_pre_hook(_inputs_to_bf16),
+                module.register_forward_hook(_output_to_fp32),
+            )
             converted += 1
     return converted
+
+
+def fp32_matmuls(model: nn.Module) -> int:
+    """Undo ``bf16_frozen_matmuls``: the weights back in fp32 (as bf16 rounded them) and the
+    hooks removed. Before an adapter is folded into the weights: ``W + s B A`` rounded to bf16
+    loses much of a small update. Returns how many layers were restored."""
+    restored = 0
+    for module in model.modules():
+        hooks = module.__dict__.pop("bf16_hooks", None)
+        if hooks is not None:
+            for hook in hooks:
+                hook.remove()
+            module.to(torch.float32)
+            restored += 1
+    return restored
 
 
 def _inputs_to_bf16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -137,6 +137,21 @@ def review_run_config(tmp_path: Path, qwen3_dir: Path, max_steps: int, every: in
     )
 
 
+def advice_recorded(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the end-of-run advice was told the head read its texts bare, per run."""
+    from tunelab.train import finish
+
+    told: list[bool] = []
+    original = finish.below_baseline_advice
+
+    def recorded(*args: Any, unframed_head: bool = False, **kwargs: Any) -> Any:
+        told.append(unframed_head)
+        return original(*args, unframed_head=unframed_head, **kwargs)
+
+    monkeypatch.setattr(finish, "below_baseline_advice", recorded)
+    return told
+
+
 def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     tmp_path: Path, qwen3_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,6 +168,7 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
         return evaluate_classifier(*args, **kwargs)
 
     monkeypatch.setattr(classify_task, "evaluate_classifier", counted)
+    advised = advice_recorded(monkeypatch)
 
     config = review_run_config(tmp_path, qwen3_dir, max_steps=6)
     result = train(config)
@@ -175,6 +191,7 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     assert result.metric == "macro_f1" and 0.0 <= result.scores["fine-tuned"] <= 1.0
     # the ensemble with the baseline is one more figure beside the model's own
     assert list(result.scores) == ["fine-tuned", "TF-IDF+LR", "ensemble"]
+    assert advised == [True]  # a head that read its texts bare may be offered a frame
     mixed = [json.loads(line) for line in (run / "eval" / "ensemble" / "predictions.jsonl").open()]
     assert len(mixed) == metrics["tasks"]["all"]["rows"]
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in mixed)
@@ -399,7 +416,9 @@ def test_a_framed_run_predicts_on_framed_texts_and_its_baseline_reads_bare_ones(
     scored = classify_task.ClassifyTask().eval_rows(config, qwen3_tok, prepared.labels, None)
     for sample in [*prepared.train.samples, *prepared.val.samples, *scored.split.samples]:
         assert qwen3_tok.decode(sample.input_ids).startswith("Review: ")
+    advised = advice_recorded(monkeypatch)
     train(config)
+    assert advised == [False]
     assert seen_by_baseline and not any("Review:" in text for text in seen_by_baseline)
     opened = open_run(tmp_path / "runs" / "cls")
     assert opened.config.data.text_template == FRAME  # kept in the run's own config

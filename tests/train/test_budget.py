@@ -271,3 +271,16 @@ def test_advice_names_answer_words_the_model_cannot_read(smollm_tokenizer) -> No
         tuned, classic, flat, 5000, smollm_tokenizer, answers=["positive", "negative"]
     )
     assert english is not None and "words this model knows" not in english
+
+
+def test_advice_offers_a_frame_to_a_class_head_that_read_its_texts_bare(smollm_tokenizer) -> None:
+    from tunelab.scoring import EvalResult
+
+    rows = [{"input": "a fine film with a weak ending"}] * 5
+    tuned = EvalResult("fine-tuned", "macro_f1", 0.70, {}, rows)
+    classic = EvalResult("tf-idf", "macro_f1", 0.78, {}, rows)
+    flat = [1.0] * 100
+    bare = below_baseline_advice(tuned, classic, flat, 5000, None, unframed_head=True)
+    assert bare is not None and "data.text_template" in bare
+    framed = below_baseline_advice(tuned, classic, flat, 5000, None, unframed_head=False)
+    assert framed is not None and "data.text_template" not in framed

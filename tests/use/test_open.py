@@ -58,7 +58,9 @@ def test_generate_stream_and_rank_use_the_runs_template(tiny_run: Path) -> None:
 def test_a_merged_adapter_ranks_as_the_adapter_did(tiny_run: Path) -> None:
     from peft import PeftModel
 
-    opened = open_run(tiny_run)
+    # in fp32 on every machine: where the run trained in bf16 the base weights are bf16, and
+    # rounding W + s B A to bf16 is no longer a reordering of the same sums
+    opened = open_run(tiny_run, precision="fp32")
     prompt = encode_prompt(opened.tokenizer, CHAT, thinking=False)
     candidates, end = ["好", "坏", "很好", "不好"], [opened.tokenizer.eos_token_id]
     before = opened.rank(prompt, candidates, end, depth=4)
@@ -68,6 +70,19 @@ def test_a_merged_adapter_ranks_as_the_adapter_did(tiny_run: Path) -> None:
     # (W + s B A) x against W x + s B (A x): the same sums in another order, fp32 rounding
     assert [c for c, _ in after] == [c for c, _ in before]
     assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(after, before, strict=True))
+
+
+def test_an_adapter_is_folded_into_fp32_weights_where_the_base_was_bf16(tiny_run: Path) -> None:
+    import torch
+
+    from tunelab.precision import bf16_frozen_matmuls
+
+    opened = open_run(tiny_run, precision="fp32")
+    assert bf16_frozen_matmuls(opened.model) > 0  # as a run opened in bf16 on a CPU holds it
+    opened.merge_adapter()
+    assert all(param.dtype == torch.float32 for param in opened.model.parameters())
+    prompt = encode_prompt(opened.tokenizer, CHAT, thinking=False)
+    assert opened.rank(prompt, ["好", "坏"], [opened.tokenizer.eos_token_id], depth=2)
 
 
 def test_opening_what_is_not_there_says_what_to_give(tiny_run: Path, tmp_path: Path) -> None:

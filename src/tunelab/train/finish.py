@@ -85,15 +85,7 @@ def finish(
             result.evaluations = [r for r in shown if r is not None]
             result.metric = tuned.metric
             result.scores = {r.name: r.score for r in result.evaluations}
-            result.advice = below_baseline_advice(
-                tuned,
-                classic,
-                losses,
-                len(session.train_samples),
-                tokenizer,
-                session.config.eval.select.mode,
-                session.config.eval.scoring.choices,  # a class head ignores them
-            )
+            result.advice = _advice(session, tuned, classic, losses, tokenizer)
         timing = {**session.timing, "final_eval_s": time.perf_counter() - started}
         result.timing = {key: round(value, 1) for key, value in timing.items()}
         if session.budget is not None:
@@ -101,6 +93,21 @@ def finish(
         saved = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "evaluations"}
         write_json(run.results, saved)
         return result
+
+
+def _advice(
+    session: Session, tuned: EvalResult, classic: Any, losses: list[float], tokenizer: Any
+) -> str | None:
+    return below_baseline_advice(
+        tuned,
+        classic,
+        losses,
+        len(session.train_samples),
+        tokenizer,
+        session.config.eval.select.mode,
+        session.config.eval.scoring.choices,  # a class head ignores them
+        unframed_head=session.run.labels.exists() and session.config.data.text_template is None,
+    )
 
 
 def _beside(run: Any, tuned: EvalResult, classic: Any) -> list[EvalResult]:

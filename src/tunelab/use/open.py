@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.generate import AnswerFormat, generate_texts
 from tunelab.models.load import load_adapter, load_causal_lm, load_tokenizer
 from tunelab.models.resolve import resolve_model
-from tunelab.precision import base_dtype, bf16_frozen_matmuls, usable_precision
+from tunelab.precision import base_dtype, bf16_frozen_matmuls, fp32_matmuls, usable_precision
 from tunelab.ranking import rank_candidates
 from tunelab.run_dir import RunDir
 from tunelab.scoring import generation_options
@@ -53,8 +53,11 @@ class OpenedRun:
     def merge_adapter(self) -> None:
         """Fold the adapter into the base weights for a long scoring job: each layer then
         runs one matrix product instead of three (a quarter less time ranking candidates on a
-        CPU), with results that differ by rounding only. Quantized bases keep the adapter."""
+        CPU), with results that differ by rounding only. Quantized bases keep the adapter.
+        Weights a CPU holds in bf16 are folded in fp32: folded in bf16, a trained run's
+        candidate scores moved ~0.3 nats from fp32 against ~0.1 unfolded."""
         if self.adapter is not None and self.config.model.quantization == "none":
+            fp32_matmuls(self.model)
             self.model = self.model.merge_and_unload()
 
     def generate(
