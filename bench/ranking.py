@@ -18,8 +18,6 @@ import argparse
 import random
 import time
 
-import torch
-
 ADJECTIVES = ["Silent", "Last", "Red", "Lost", "Golden", "Dark", "Little", "Secret", "Wild", "Blue"]
 NOUNS = ["River", "City", "Garden", "Night", "Road", "House", "Summer", "Star", "Game", "Heart"]
 
@@ -50,23 +48,13 @@ def main() -> None:
         from tunelab.ranking import rank_candidates
     except ImportError:  # releases before tunelab.ranking
         from tunelab.generate import rank_candidates
-    from tunelab.config import ModelConfig
     from tunelab.data.encode import encode_prompt
-    from tunelab.precision import bf16_frozen_matmuls, resolve_precision
+    from tunelab.use.open import open_model
 
-    try:
-        from tunelab.models.load import load_causal_lm, load_tokenizer
-        from tunelab.models.resolve import resolve_model
-    except ImportError:
-        from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
-
-    folder = resolve_model(ModelConfig())
-    tokenizer = load_tokenizer(folder)
-    model = load_causal_lm(folder, ModelConfig(), torch.float32).eval()
-    precision = args.precision or resolve_precision("auto")
-    if precision == "bf16":
-        bf16_frozen_matmuls(model)
-    print(f"base model in {precision}", flush=True)
+    # placed as tunelab places a model it uses: bf16 frozen matmuls where bf16 is chosen
+    opened = open_model("smollm2-135m", args.precision)
+    model, tokenizer = opened.model, opened.tokenizer
+    print(f"base model in {opened.precision}", flush=True)
     candidates = catalogue(args.candidates)
     boundary = sorted(
         {*tokenizer(" |", add_special_tokens=False)["input_ids"][:1], tokenizer.eos_token_id}
