@@ -10,6 +10,11 @@ probability is spread over the whole catalogue, the hardest case; `--run` ranks 
 behaviour run's test prompts against its vocabulary of targets, as `tunelab behavior eval`
 does. Prints a result line; run it with another tunelab source on PYTHONPATH to compare
 releases.
+
+Each row also says how many prefixes the search computed, in how many forward passes, and
+how many of them any exact search must compute: those whose score beats the final
+``depth``-th candidate's (a prefix's score bounds every candidate below it, and no cheaper
+proof that a candidate is out of the top exists).
 """
 
 from __future__ import annotations
@@ -29,6 +34,44 @@ def catalogue(size: int, seed: int = 0) -> list[str]:
         words = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
         titles.add(f"观看电影 | The {words} {rng.randint(2, 9)} ({rng.randint(1950, 2024)})")
     return sorted(titles)
+
+
+class SearchCounts:
+    """Prefixes computed, forward passes and prefixes no exact search can skip, per row,
+    read off ``tunelab.ranking``'s search while it runs."""
+
+    def __init__(self) -> None:
+        self.computed = self.passes = 0
+        self.scores: list[float] = []
+        self.threshold = float("-inf")
+        try:
+            from tunelab.ranking import _Search
+        except ImportError:  # releases before the trie search
+            return
+        expand, open_, run = _Search._expand, _Search._open, _Search.run
+        counts = self
+
+        def counted_expand(search, rows):
+            counts.computed, counts.passes = counts.computed + len(rows), counts.passes + 1
+            return expand(search, rows)
+
+        def counted_open(search, node, score, logprobs):
+            counts.scores.append(score)
+            return open_(search, node, score, logprobs)
+
+        def counted_run(search, root):
+            run(search, root)
+            counts.threshold = search.threshold
+
+        _Search._expand, _Search._open, _Search.run = counted_expand, counted_open, counted_run
+
+    def line(self) -> str:
+        """This row's counts; then starts counting the next."""
+        needed = sum(score > self.threshold for score in self.scores[1:])  # not the stem
+        text = f"{self.computed} prefixes in {self.passes} passes ({needed} unavoidable)"
+        self.computed = self.passes = 0
+        self.scores = []
+        return text
 
 
 def main() -> None:
@@ -61,6 +104,7 @@ def main() -> None:
     )
     rng = random.Random(1)
     seconds = []
+    counts = SearchCounts()
     for row in range(args.rows):
         history = "\n".join(rng.sample(candidates, 5))
         question = f"最近的事件：\n{history}\n下一个事件是什么？"
@@ -69,7 +113,9 @@ def main() -> None:
         ranked = rank_candidates(model, tokenizer, prompt, candidates, boundary, args.depth)
         seconds.append(time.perf_counter() - started)
         print(
-            f"row {row}: {seconds[-1]:.2f} s, top: {ranked[0][0]} ({ranked[0][1]:.3f})", flush=True
+            f"row {row}: {seconds[-1]:.2f} s, {counts.line()}, "
+            f"top: {ranked[0][0]} ({ranked[0][1]:.3f})",
+            flush=True,
         )
     mean = sum(seconds) / len(seconds)
     print(
@@ -95,12 +141,16 @@ def trained_run(run_root: str, rows: int, depth: int, precision: str | None) -> 
     candidates = candidate_events(record["vocabulary"])
     boundary = boundary_tokens(opened.tokenizer)
     seconds, hits = [], 0
+    counts = SearchCounts()
     for row, prompt in zip(test, prompt_ids(opened.tokenizer, test), strict=True):
         started = time.perf_counter()
         ranked = opened.rank(prompt, candidates, boundary, depth)
         seconds.append(time.perf_counter() - started)
         hits += row["output"].startswith(ranked[0][0])
-        print(f"{seconds[-1]:.2f} s, top: {ranked[0][0]} ({ranked[0][1]:.3f})", flush=True)
+        print(
+            f"{seconds[-1]:.2f} s, {counts.line()}, top: {ranked[0][0]} ({ranked[0][1]:.3f})",
+            flush=True,
+        )
     print(
         f"{run_root}: {len(candidates)} candidates, depth {depth}, {len(test)} rows: "
         f"{sum(seconds) / len(seconds):.2f} s per row (min {min(seconds):.2f}, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
+from tunelab import ranking
 from tunelab.data.encode import encode_prompt
 from tunelab.ranking import rank_candidates
 
@@ -71,3 +72,35 @@ def test_eager_attention_takes_the_tree_mask_as_scores_to_add(qwen3_dir, qwen3_t
     assert abs(ranked["eager"][0][1] - alone(model, prompt, tokens, boundary)) < 1e-4
     for (name, score), (same, other) in zip(ranked["sdpa"][:5], ranked["eager"][:5], strict=True):
         assert name == same and abs(score - other) < 1e-4
+
+
+def test_a_pass_reads_only_the_prompt_its_ancestors_and_itself(
+    qwen3_dir, qwen3_tok, monkeypatch
+) -> None:
+    """Later passes attend over a fraction of the grown sequence, and rank as before."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(qwen3_dir).eval()
+    candidates = [f"观看电影 | 电影{i // 20}之{i % 20}号" for i in range(200)]
+    prompt = encode_prompt(qwen3_tok, [{"role": "user", "content": "下一个事件？"}])
+    boundary = [qwen3_tok.eos_token_id]
+    read: list[tuple[int, int]] = []  # (columns returned, sequence length), every layer
+    original = ranking._TreeLayer.update
+
+    def recording(layer, keys, values, *args, **kwargs):
+        out = original(layer, keys, values, *args, **kwargs)
+        read.append((out[0].shape[-2], layer.length))
+        return out
+
+    monkeypatch.setattr(ranking._TreeLayer, "update", recording)
+    ranked = rank_candidates(model, qwen3_tok, prompt, candidates, boundary, depth=10, chunk=16)
+    tokens = [qwen3_tok(c, add_special_tokens=False)["input_ids"] for c in candidates]
+    truth = sorted(
+        ((alone(model, prompt, t, boundary), c) for t, c in zip(tokens, candidates, strict=True)),
+        reverse=True,
+    )
+    assert [c for c, _ in ranked[:10]] == [c for _, c in truth[:10]]
+    layers = model.config.num_hidden_layers
+    first, later = read[:layers], read[layers:]
+    assert all(columns == length for columns, length in first)  # the prompt's pass: all
+    assert later and all(columns <= length for columns, length in later)
+    assert later[-1][0] < later[-1][1] / 2
