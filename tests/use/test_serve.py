@@ -380,6 +380,23 @@ def test_every_malformed_request_is_a_4xx_with_a_message(served: int) -> None:
     )
 
 
+def test_a_chunked_body_cannot_pass_the_size_limit(served: int) -> None:
+    """Without a Content-Length the size limit could not be checked before reading the
+    body: a chunked upload is refused whatever its size, and the server stays up."""
+    connection = http.client.HTTPConnection("127.0.0.1", served, timeout=120)
+    body = json.dumps({"model": "labels", "messages": [{"role": "user", "content": "x"}]})
+    chunks = (part.encode() for part in (body[:20], body[20:]))
+    headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    connection.request(
+        "POST", "/v1/chat/completions", body=chunks, headers=headers, encode_chunked=True
+    )
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    assert response.status == 411 and "Content-Length" in answer["error"]["message"]
+    assert healthy(served)
+
+
 def test_an_api_key_is_required_when_set_and_beyond_loopback(tiny_run: Path) -> None:
     with server(str(tiny_run), env={"TUNELAB_API_KEY": KEY}) as (port, _):
         with pytest.raises(Exception, match="401"):

@@ -83,6 +83,8 @@ def _add_guards(app: FastAPI, settings: Settings) -> None:
             return APIError(503, "the server is shutting down", "server_error").response()
         if api and settings.api_key and not _authorized(request, settings.api_key):
             return APIError(401, "invalid or missing API key", "authentication_error").response()
+        if "transfer-encoding" in request.headers:  # a chunked body would bypass the limit
+            return APIError(411, "send the request body with a Content-Length header").response()
         length = request.headers.get("content-length", "0")
         if not length.isdigit() or int(length) > settings.max_body_bytes:
             limit = settings.max_body_bytes // 2**20
