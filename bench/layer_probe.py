@@ -65,13 +65,9 @@ def main() -> None:
     model = AutoModel.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
     splits = [read_rows(args.train).rows[: args.rows], read_rows(args.test).rows]
     started = time.perf_counter()
+    data = DataConfig(max_length=args.max_length)  # bare texts, as the probe reads them
     train, test = [
-        layer_features(
-            model,
-            tokenizer,
-            [r.data[args.text_column] for r in rows],
-            DataConfig(max_length=args.max_length),
-        )
+        layer_features(model, tokenizer, [r.data[args.text_column] for r in rows], data)
         for rows in splits
     ]
     train_labels, test_labels = ([r.data[args.label_column] for r in rows] for rows in splits)

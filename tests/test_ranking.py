@@ -20,6 +20,14 @@ def alone(model, prompt: list[int], tokens: list[int], boundary: list[int]) -> f
     return score + float(torch.logsumexp(logprobs[start + len(tokens), boundary], 0))
 
 
+def exhaustive(
+    model, prompt: list[int], tokens: list[list[int]], candidates: list[str], boundary: list[int]
+) -> list[tuple[float, str]]:
+    """Every candidate scored alone, best first: what the search must reproduce."""
+    scored = zip(tokens, candidates, strict=True)
+    return sorted(((alone(model, prompt, t, boundary), c) for t, c in scored), reverse=True)
+
+
 def test_the_search_finds_the_exact_top_k_and_expands_a_fraction(qwen3_dir, qwen3_tok) -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(qwen3_dir).eval()
@@ -40,10 +48,7 @@ def test_the_search_finds_the_exact_top_k_and_expands_a_fraction(qwen3_dir, qwen
     ranked = rank_candidates(model, qwen3_tok, prompt, candidates, boundary, depth=10, chunk=16)
     model.forward = original
     tokens = [qwen3_tok(c, add_special_tokens=False)["input_ids"] for c in candidates]
-    truth = sorted(
-        ((alone(model, prompt, t, boundary), c) for t, c in zip(tokens, candidates, strict=True)),
-        reverse=True,
-    )
+    truth = exhaustive(model, prompt, tokens, candidates, boundary)
     assert [c for c, _ in ranked[:10]] == [c for _, c in truth[:10]]
     for (_, score), (exact, _) in zip(ranked[:10], truth[:10], strict=True):
         assert abs(score - exact) < 1e-4
@@ -94,10 +99,7 @@ def test_a_pass_reads_only_the_prompt_its_ancestors_and_itself(
     monkeypatch.setattr(ranking._TreeLayer, "update", recording)
     ranked = rank_candidates(model, qwen3_tok, prompt, candidates, boundary, depth=10, chunk=16)
     tokens = [qwen3_tok(c, add_special_tokens=False)["input_ids"] for c in candidates]
-    truth = sorted(
-        ((alone(model, prompt, t, boundary), c) for t, c in zip(tokens, candidates, strict=True)),
-        reverse=True,
-    )
+    truth = exhaustive(model, prompt, tokens, candidates, boundary)
     assert [c for c, _ in ranked[:10]] == [c for _, c in truth[:10]]
     layers = model.config.num_hidden_layers
     first, later = read[:layers], read[layers:]

@@ -111,8 +111,7 @@ def encode_texts(
     result = ClassSet()
     for text in texts:
         result.texts.append(text)
-        sample = encode_text(tokenizer, text.text, index[text.label], data)
-        result.samples.append(sample)
+        result.samples.append(encode_text(tokenizer, text.text, index[text.label], data))
     return result
 
 
