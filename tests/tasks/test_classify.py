@@ -239,6 +239,15 @@ def test_a_classify_run_trains_the_head_and_writes_its_outputs(
     assert "ensemble" in evaluated.stdout and "vs ensemble" not in evaluated.stdout
     again = json.loads((run / "eval" / "again" / "metrics.json").read_text())
     assert again["score"] == metrics["score"]  # the same rows and adapter give the same macro-F1
+    # the baseline's and the ensemble's predictions are written beside the model's
+    for beside in ("again-baseline", "again-ensemble"):
+        predictions = (run / "eval" / beside / "predictions.jsonl").read_text().splitlines()
+        assert len(predictions) == again["tasks"]["all"]["rows"]
+    mixed_again = json.loads((run / "eval" / "again-ensemble" / "metrics.json").read_text())
+    assert (
+        mixed_again["score"]
+        == json.loads((run / "eval" / "ensemble" / "metrics.json").read_text())["score"]
+    )
 
 
 def test_train_fraction_trains_on_leading_rows_with_the_whole_tables_labels(

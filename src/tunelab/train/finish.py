@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from tunelab.baseline import ensemble
 from tunelab.metrics import perplexity
-from tunelab.report import write_eval
+from tunelab.report import write_beside, write_eval
 from tunelab.run_dir import write_json
 from tunelab.scoring import EvalResult
 from tunelab.train.advice import below_baseline_advice
@@ -81,7 +80,7 @@ def finish(
             for note in write_eval(run.eval_dir("final"), tuned, run.read_metrics()):
                 session.display.console.print(f"[yellow]{note}[/yellow]")
             classic = baseline() if baseline is not None else None
-            shown = (base, tuned, *_beside(run, tuned, classic))
+            shown = (base, tuned, *write_beside(run, "", tuned, classic))
             result.evaluations = [r for r in shown if r is not None]
             result.metric = tuned.metric
             result.scores = {r.name: r.score for r in result.evaluations}
@@ -108,15 +107,6 @@ def _advice(
         session.config.eval.scoring.choices,  # a class head ignores them
         unframed_head=session.run.labels.exists() and session.config.data.text_template is None,
     )
-
-
-def _beside(run: Any, tuned: EvalResult, classic: Any) -> list[EvalResult]:
-    """The classic baseline and the ensemble with it (where there is one), written into the
-    run's eval folder."""
-    shown = [r for r in (classic, ensemble(tuned, classic)) if r is not None]
-    for result in shown:
-        write_eval(run.eval_dir("baseline" if result is classic else "ensemble"), result)
-    return shown
 
 
 def final_evaluation(session: Session, steps: int) -> EvalResult | None:

@@ -8,10 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.baseline import ensemble
 from tunelab.config_file import load_config, plain_config
 from tunelab.errors import TunelabError
-from tunelab.report import print_comparison, write_eval
+from tunelab.report import print_comparison, write_beside, write_eval
 from tunelab.run_dir import RunDir
 from tunelab.tasks.registry import TASKS
 from tunelab.use.open import open_run
@@ -58,8 +57,7 @@ def run_eval(
         results.append(result)
         del opened
     classic = task.classic(config, data) if config.data.train else None
-    mixed = ensemble(results[-1], classic)
-    results += [r for r in (classic, mixed) if r is not None]
+    results += write_beside(run, f"{label}-", results[-1], classic)
     print_comparison(console, results)
     if rows is not None and rows.skipped:
         console.print(f"{rows.skipped} rows skipped (no text, no label or an unknown label)")
