@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tunelab.cpu.allocator import PRELOAD, packaged_mimalloc, system_jemalloc
 from tunelab.cpu.heap import USER_SETTING, on_glibc
 
 # Frees a 16 MiB tensor (glibc then raises its threshold past 16 MiB), then measures what
@@ -55,3 +56,9 @@ def test_a_freed_activation_sized_block_leaves_nothing_resident_after_big_passes
 def test_the_users_own_threshold_is_left_alone() -> None:
     users = _probe(1024, 4096, **{USER_SETTING: str(64 * 2**20)})
     assert not users["mapped"]
+
+
+@glibc_only
+def test_another_allocator_preloaded_is_left_its_own_policy() -> None:
+    library = system_jemalloc() or packaged_mimalloc()
+    assert not _probe(1024, 4096, **{PRELOAD: str(library)})["mapped"]

@@ -25,6 +25,7 @@ from conftest import (
     relative_distance,
     reordering_tolerance,
 )
+from tunelab.cpu.allocator import on_glibc, system_jemalloc
 
 
 def run(config: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -172,6 +173,9 @@ def test_a_signal_stops_every_worker_after_the_same_step(
             time.sleep(0.01)
         workers = psutil.Process(parent.pid).children()
         assert len(workers) == 2
+        if on_glibc():  # the allocator the main process restarted on reaches the workers
+            library = f"lib{'jemalloc' if system_jemalloc() else 'mimalloc'}"
+            assert all(any(library in m.path for m in w.memory_maps()) for w in workers)
         if target == "one worker":
             rank_one = next(w for w in workers if w.environ()["RANK"] == "1")
             rank_one.send_signal(signal.SIGINT)

@@ -15,11 +15,14 @@ from tunelab.cli.common import console
 from tunelab.cli.runs import app
 from tunelab.cli.studio import studio
 from tunelab.config_keys import RenamedKeyWarning
+from tunelab.cpu.allocator import restart_with_allocator
 from tunelab.errors import Interrupted, TunelabError
 
 app.add_typer(data.app, name="data")
 app.add_typer(behavior.app, name="behavior")
 app.command()(studio)
+# commands whose steps slow down on glibc's malloc as a run goes on (tunelab/cpu/allocator.py)
+TRAINING_COMMANDS = ("train", "sweep")
 
 
 def show_config_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
@@ -39,6 +42,8 @@ def main() -> None:
     """Entry point: a TunelabError prints its message and exits with its code, no traceback."""
     warnings.showwarning = show_config_warning
     try:
+        if sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
+            restart_with_allocator()
         app()
     except TunelabError as error:
         from rich.markup import escape

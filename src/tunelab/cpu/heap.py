@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
+
+from tunelab.cpu.allocator import KEEP_SYSTEM, allocator_in_use, on_glibc
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MAPPED_FROM_BYTES = 4 * 2**20
@@ -31,18 +32,14 @@ def map_activation_blocks(hidden_size: int, forward_tokens: int) -> bool:
     return map_large_blocks()
 
 
-def on_glibc() -> bool:
-    """Whether this process runs on glibc, whose ``mallopt`` sets the threshold."""
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
 def map_large_blocks(threshold: int = MAPPED_FROM_BYTES) -> bool:
     """Have glibc map blocks of ``threshold`` bytes and more, and unmap them when freed.
 
-    Process-wide and lasting. Returns whether it was set: not off Linux/glibc, and not when
+    Process-wide and lasting. Returns whether it was set: not off Linux/glibc, not when
+    another allocator replaced glibc's malloc (``tunelab.cpu.allocator``), and not when
     ``MALLOC_MMAP_THRESHOLD_`` is in the environment, which is the user's own choice.
     """
-    if not on_glibc() or USER_SETTING in os.environ:
+    if not on_glibc() or USER_SETTING in os.environ or allocator_in_use() != KEEP_SYSTEM:
         return False
     libc = ctypes.CDLL(None)  # the C library this process already runs on
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from tunelab.config import RunConfig
 from tunelab.config_file import dump_config
+from tunelab.cpu.allocator import allocator_in_use
 from tunelab.cpu.attention import takes_sample_boundaries
 from tunelab.cpu.training import prepare_for_cpu_training
 from tunelab.data.prepare import write_rejects
@@ -101,7 +102,9 @@ def build_run(
         run.start(resume, overwrite)
         if resume and not run.list_checkpoints():
             console.print(f"nothing to resume in {run.root}: starting from step 0")
-        run.update_record(precision=precision_record(config, precision))
+        run.update_record(
+            precision=precision_record(config, precision), allocator=allocator_in_use()
+        )
     accelerator.wait_for_everyone()
     set_seed(config.train.seed)
     model_dir = resolve_model(config.model)
