@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.metrics import has_cjk, label_task_metrics
+from tunelab.report import write_eval
+from tunelab.run_dir import RunDir
 from tunelab.scoring import EvalResult
 
 
@@ -135,6 +137,18 @@ def ensemble(tuned: EvalResult | None, classic: EvalResult | None) -> EvalResult
     return EvalResult(
         ENSEMBLE, tuned.metric, metrics["headline"], {"all": metrics}, rows, gap_shown=False
     )
+
+
+def write_beside(
+    run: RunDir, prefix: str, tuned: EvalResult | None, classic: EvalResult | None
+) -> list[EvalResult]:
+    """The classic baseline and the ensemble with it (where there is one), each written into
+    the run's eval folder ``PREFIXbaseline`` / ``PREFIXensemble``; returns them."""
+    shown = [r for r in (classic, ensemble(tuned, classic)) if r is not None]
+    for result in shown:
+        kind = "baseline" if result is classic else "ensemble"
+        write_eval(run.eval_dir(prefix + kind), result)
+    return shown
 
 
 def _mean_row(mine: dict[str, Any], theirs: dict[str, Any], labels: list[str]) -> dict[str, Any]:

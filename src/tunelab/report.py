@@ -10,7 +10,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.baseline import ensemble
 from tunelab.data.readers import Reject
 
 SHOWN_REJECTS = 5
@@ -88,16 +87,6 @@ def find_cjk_font() -> str | None:
 
     installed = {font.name for font in font_manager.fontManager.ttflist}
     return next((family for family in CJK_FAMILIES if family in installed), None)
-
-
-def write_beside(run: Any, prefix: str, tuned: Any, classic: Any) -> list[Any]:
-    """The classic baseline and the ensemble with it (where there is one), each written into
-    the run's eval folder ``PREFIXbaseline`` / ``PREFIXensemble``; returns them."""
-    shown = [r for r in (classic, ensemble(tuned, classic)) if r is not None]
-    for result in shown:
-        kind = "baseline" if result is classic else "ensemble"
-        write_eval(run.eval_dir(prefix + kind), result)
-    return shown
 
 
 def write_eval(folder: Path, result: Any, history: Sequence[dict[str, Any]] = ()) -> list[str]:

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from tunelab.baseline import write_beside
 from tunelab.metrics import perplexity
-from tunelab.report import write_beside, write_eval
+from tunelab.report import write_eval
 from tunelab.run_dir import write_json
 from tunelab.scoring import EvalResult
 from tunelab.train.advice import below_baseline_advice

@@ -8,9 +8,10 @@ from typing import Any
 
 from rich.console import Console
 
+from tunelab.baseline import write_beside
 from tunelab.config_file import load_config, plain_config
 from tunelab.errors import TunelabError
-from tunelab.report import print_comparison, write_beside, write_eval
+from tunelab.report import print_comparison, write_eval
 from tunelab.run_dir import RunDir
 from tunelab.tasks.registry import TASKS
 from tunelab.use.open import open_run
