@@ -60,9 +60,9 @@ def test_the_users_choice_wins_and_a_wrong_path_is_a_clear_error(tmp_path) -> No
 def test_a_restart_preloads_the_library_once_and_leaves_a_users_preload_alone(tmp_path) -> None:
     own = tmp_path / "libown.so"
     own.write_bytes(b"\x7fELF")
-    argv = ["/venv/bin/tunelab", "train", "c.yaml", "--budget", "10m"]
+    argv = ["python3", "-X", "dev", "/venv/bin/tunelab", "train", "c.yaml", "--budget", "10m"]
     command, environment = preload_command(argv, {**CLEAN, CHOICE: str(own)})
-    assert command == [sys.executable, "-m", "tunelab", "train", "c.yaml", "--budget", "10m"]
+    assert command == [sys.executable, *argv[1:]]
     assert environment[PRELOAD] == environment[STARTED_WITH] == str(own.resolve())
     assert preload_command(argv, environment) is None  # the restarted process goes on
     assert preload_command(argv, {**CLEAN, PRELOAD: "/opt/libtcmalloc.so"}) is None
@@ -78,8 +78,11 @@ def test_the_allocator_in_use_is_read_from_the_mapped_libraries(tmp_path) -> Non
     assert allocator_in_use(tmp_path / "absent") == "system"
 
 
-def train_tiny(model_dir: Path, data: Path, folder: Path, **env: str) -> dict:
-    """`tunelab train` of 2 steps in a fresh process; returns its run.json."""
+def train_tiny(
+    model_dir: Path, data: Path, folder: Path, launcher: list[str] | None = None, **env: str
+) -> dict:
+    """`tunelab train` of 2 steps in a fresh process started by ``launcher`` (default:
+    ``python -m tunelab``); returns its run.json."""
     raw = {
         "name": "run",
         "output_dir": str(folder),
@@ -89,8 +92,9 @@ def train_tiny(model_dir: Path, data: Path, folder: Path, **env: str) -> dict:
         "eval": {"generate": False},
     }
     (folder / "c.json").write_text(json.dumps(raw))
+    command = [*(launcher or [sys.executable, "-m", "tunelab"]), "train", str(folder / "c.json")]
     done = subprocess.run(
-        [sys.executable, "-m", "tunelab", "train", str(folder / "c.json"), "--overwrite"],
+        [*command, "--overwrite"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -108,3 +112,27 @@ def test_a_training_run_restarts_on_the_faster_allocator_unless_told_not_to(
     expected = "jemalloc" if system_jemalloc() else "mimalloc"
     assert train_tiny(qwen3_dir, data, tmp_path)["allocator"] == expected
     assert train_tiny(qwen3_dir, data, tmp_path, **{CHOICE: "system"})["allocator"] == "system"
+
+
+WRAPPER = """import sys
+from pathlib import Path
+from tunelab.cli.main import main
+
+with open(Path(__file__).with_suffix(".starts"), "a") as starts:
+    starts.write(f"{sorted(sys._xoptions)} {sys.flags.optimize}\\n")
+main()
+"""
+
+
+@glibc_only
+def test_the_restart_runs_the_users_own_script_and_interpreter_options_again(
+    qwen3_dir, write_jsonl, tmp_path
+) -> None:
+    # a script that sets things up and then calls tunelab's main(), under -X and -O
+    script = tmp_path / "wrapper.py"
+    script.write_text(WRAPPER)
+    launcher = [sys.executable, "-X", "tunelab_check", "-O", str(script)]
+    run = train_tiny(qwen3_dir, write_jsonl(alpaca_rows(16)), tmp_path, launcher)
+    assert run["allocator"] != "system"
+    starts = script.with_suffix(".starts").read_text().splitlines()
+    assert starts == ["['tunelab_check'] 1", "['tunelab_check'] 1"]  # before and after

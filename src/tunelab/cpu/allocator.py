@@ -85,23 +85,28 @@ def chosen_library(environment: dict[str, str] | None = None) -> Path | None:
     return system_jemalloc() or packaged_mimalloc()
 
 
-def preload_command(argv: list[str], environment: dict[str, str]) -> tuple[list[str], dict] | None:
-    """The command and environment that run ``argv`` again with a faster allocator; None
-    when this process should go on as it is (already preloaded, the user's own
-    ``LD_PRELOAD``, not Linux/glibc, or no allocator found or wanted)."""
+def preload_command(
+    original: list[str], environment: dict[str, str]
+) -> tuple[list[str], dict] | None:
+    """The command and environment that run the interpreter's ``original`` command line
+    (``sys.orig_argv``) again with a faster allocator; None when this process should go on
+    as it is (already preloaded, the user's own ``LD_PRELOAD``, not Linux/glibc, or no
+    allocator found or wanted)."""
     if not on_glibc() or STARTED_WITH in environment or environment.get(PRELOAD):
         return None
     library = chosen_library(environment)
     if library is None:
         return None
     restarted = {**environment, PRELOAD: str(library), STARTED_WITH: str(library)}
-    return [sys.executable, "-m", "tunelab", *argv[1:]], restarted
+    # the whole original line, so the interpreter's own options (-X, -W, -O) and a script
+    # that wraps tunelab's main() run again too
+    return [sys.executable, *original[1:]], restarted
 
 
-def restart_with_allocator(argv: list[str] | None = None) -> None:
+def restart_with_allocator(original: list[str] | None = None) -> None:
     """Replace this process by the same command with a faster allocator preloaded, when
     ``preload_command`` says so; otherwise return and go on."""
-    planned = preload_command(sys.argv if argv is None else argv, dict(os.environ))
+    planned = preload_command(sys.orig_argv if original is None else original, dict(os.environ))
     if planned is None:
         return
     command, environment = planned
