@@ -1,10 +1,11 @@
 """Options that trade speed for memory, or compile time for speed, on the shared workload.
 
-tunelab with its defaults, then the same with `gradient_checkpointing` and with `compile`,
-each in its own process: the first step's seconds (where compilation happens), the median
+tunelab with its defaults, then the same with `gradient_checkpointing`, with `compile` and
+with LoRA dropout, each in its own process: the first step's seconds (where compilation happens), the median
 of the later steps, real tokens/s over the later steps, peak RSS and the final loss.
 
     python -m bench.options --steps 12      # writes bench/results/<date>-<machine>-options.md
+    python -m bench.options --only defaults --only "LoRA dropout 0.1"
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ OPTIONS = {
     "defaults": BASE,
     "gradient checkpointing": [*BASE, "--set", "gradient_checkpointing=true"],
     "torch.compile": [*BASE, "--set", "compile=true"],
+    "LoRA dropout 0.1": [*BASE, "--set", "lora.dropout=0.1"],
 }
 
 
@@ -41,15 +43,20 @@ def describe(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument(
+        "--only", action="append", choices=list(OPTIONS), help="these options (repeatable)"
+    )
     args = parser.parse_args()
     work = build_workload(args.steps)
     lines = [
-        "| tunelab (precision auto, LoRA r16 dropout 0) | first step s | later steps, median s | "
+        "| tunelab (precision auto, LoRA r16; dropout 0 unless named) | first step s | later steps, median s | "
         "real tok/s (later steps) | peak RSS MB | final loss |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     raw = {}
     for name, module_args in OPTIONS.items():
+        if args.only and name not in args.only:
+            continue
         result = run_contender(module_args, work)
         raw[name] = result
         lines.append(f"| {name} | {describe(result)}")

@@ -34,7 +34,10 @@ def main() -> None:
     parser.add_argument("--defaults", action="store_true")
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument(
-        "--set", action="append", default=[], help="KEY=VALUE (train) or data.KEY=VALUE"
+        "--set",
+        action="append",
+        default=[],
+        help="KEY=VALUE (train), data.KEY=VALUE or lora.KEY=VALUE",
     )
     args = parser.parse_args()
     if args.nproc > 1 and "RANK" not in os.environ:
@@ -63,10 +66,11 @@ def main() -> None:
         "seed": work.seed,
     }
     data_section = {"train": work.data_file, "val": work.data_file, "max_length": work.max_length}
+    sections = {"data": data_section, "lora": lora, "": train}
     for item in args.set:
         key, value = item.split("=", 1)
         section, _, name = key.rpartition(".")
-        (data_section if section == "data" else train)[name] = json.loads(value)
+        sections[section][name] = json.loads(value)
     config = validate_config(
         {
             "name": "tunelab",

