@@ -1,8 +1,9 @@
 """Options that trade speed for memory, or compile time for speed, on the shared workload.
 
 tunelab with its defaults, then the same with `gradient_checkpointing`, with `compile` and
-with LoRA dropout, each in its own process: the first step's seconds (where compilation happens), the median
-of the later steps, real tokens/s over the later steps, peak RSS and the final loss.
+with LoRA dropout, each in its own process: the first step's seconds (where compilation
+happens), the median of the later steps, real tokens/s over the later steps, peak RSS and the
+final loss.
 
     python -m bench.options --steps 12      # writes bench/results/<date>-<machine>-options.md
     python -m bench.options --only defaults --only "LoRA dropout 0.1"
@@ -49,15 +50,13 @@ def main() -> None:
     args = parser.parse_args()
     work = build_workload(args.steps)
     lines = [
-        "| tunelab (precision auto, LoRA r16; dropout 0 unless named) | first step s | later steps, median s | "
-        "real tok/s (later steps) | peak RSS MB | final loss |",
+        "| tunelab (precision auto, LoRA r16; dropout 0 unless named) | first step s | "
+        "later steps, median s | real tok/s (later steps) | peak RSS MB | final loss |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     raw = {}
-    for name, module_args in OPTIONS.items():
-        if args.only and name not in args.only:
-            continue
-        result = run_contender(module_args, work)
+    for name in args.only or OPTIONS:
+        result = run_contender(OPTIONS[name], work)
         raw[name] = result
         lines.append(f"| {name} | {describe(result)}")
         print(lines[-1], flush=True)

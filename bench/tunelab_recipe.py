@@ -70,6 +70,8 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         section, _, name = key.rpartition(".")
+        if section not in sections:
+            raise SystemExit(f"--set {item}: expected KEY, data.KEY or lora.KEY")
         sections[section][name] = json.loads(value)
     config = validate_config(
         {

@@ -110,7 +110,7 @@ class LoraConfig(Section):
         ge=0,
         lt=1,
         description="Dropout on the adapter's input. Off by default: with one or two passes over "
-        "1,200 rows, 0.1 scored 1-3.5 points lower on three label sets and ran up to 11 % slower.",
+        "1,200 rows, 0.1 scored 1-3.5 points lower on three label sets and ran about 11 % slower.",
     )
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear",
